@@ -1,0 +1,115 @@
+"""Namespace, device and dtype checks, and the few contraction helpers the layers share.
+
+Everything here uses functions of the array API standard (2023.12) only, reached through
+``array_api_compat``; nothing branches on array values or copies to the host.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import array_api_compat
+from array_api_compat import array_namespace, device, is_array_api_obj
+
+__all__ = [
+    "array_namespace",
+    "check_inputs",
+    "describe",
+    "device",
+    "diag_embed",
+    "matmul_last",
+    "is_array_api_obj",
+]
+
+
+def describe(a: Any) -> str:
+    """A short human description of an array: its type, dtype and device."""
+    kind = f"{type(a).__module__}.{type(a).__qualname__}"
+    try:
+        where = device(a)
+    except Exception:  # pragma: no cover - exotic objects
+        where = "?"
+    return f"{kind}(dtype={getattr(a, 'dtype', '?')}, device={where})"
+
+
+def check_inputs(x: Any, arrays: list[tuple[str, Any]]) -> Any:
+    """Return the namespace shared by ``x`` and the model's arrays, or raise ``TypeError``.
+
+    Parameters
+    ----------
+    x : array
+        The user's input.
+    arrays : list of (name, array)
+        The model's arrays (weights, biases, targets), with names for the message.
+
+    Returns
+    -------
+    namespace
+        The array-API-compatible namespace of ``x``.
+    """
+    if not is_array_api_obj(x):
+        raise TypeError(f"x must be an array, got {type(x).__name__}")
+    xp = array_namespace(x)
+    where = device(x)
+    for name, a in arrays:
+        try:
+            other = array_namespace(a)
+        except TypeError as exc:  # pragma: no cover - non-arrays are rejected by layers
+            raise TypeError(f"{name} is not an array: {exc}") from None
+        if other is not xp:
+            raise TypeError(
+                f"the model and its input live in different array libraries: "
+                f"{name} is {describe(a)} but x is {describe(x)}; "
+                f"convert one of them so both use the same library"
+            )
+        if device(a) != where:
+            raise TypeError(
+                f"the model and its input live on different devices: "
+                f"{name} is {describe(a)} but x is {describe(x)}; move one of them"
+            )
+    if not xp.isdtype(x.dtype, "real floating"):
+        raise TypeError(
+            f"x must have a real floating dtype (float32 or float64), got {x.dtype}; "
+            f"convert it with xp.astype(x, xp.float64)"
+        )
+    for name, a in arrays:
+        if not xp.isdtype(a.dtype, ("real floating", "integral", "bool")):
+            raise TypeError(f"{name} has unsupported dtype {a.dtype}")
+    return xp
+
+
+def matmul_last(xp: Any, a: Any, w_t: Any) -> Any:
+    """Contract the last axis of ``a`` with the first of the 2-D ``w_t`` in one GEMM.
+
+    ``a`` of shape ``(..., n)`` and ``w_t`` of shape ``(n, m)`` give ``(..., m)``. The leading
+    axes are folded into the row count so that NumPy calls BLAS once instead of once per
+    leading index (a 3-D @ 2-D matmul loops over the batch in NumPy).
+    """
+    lead = a.shape[:-1]
+    rows = 1
+    for s in lead:
+        rows *= s
+    out = xp.matmul(xp.reshape(a, (rows, a.shape[-1])), w_t)
+    return xp.reshape(out, (*lead, w_t.shape[-1]))
+
+
+def diag_embed(xp: Any, c: Any) -> Any:
+    """``(..., n) -> (..., n, n)`` with ``c`` on the diagonal (no integer-array assignment)."""
+    n = c.shape[-1]
+    eye = xp.eye(n, dtype=c.dtype, device=device(c))
+    return c[..., :, None] * eye
+
+
+def is_lazy(xp: Any) -> bool:
+    """Whether the namespace builds graphs (Dask): those keep their own chunking."""
+    return array_api_compat.is_dask_namespace(xp)
+
+
+def is_eager_cpu(xp: Any, x: Any) -> bool:
+    """Whether ``x`` is computed eagerly on a CPU (NumPy, array-api-strict, torch CPU): there,
+    blocks of samples that fit in cache are faster than one large block."""
+    if array_api_compat.is_numpy_namespace(xp) or "array_api_strict" in xp.__name__:
+        return True
+    if array_api_compat.is_torch_namespace(xp):
+        return x.device.type == "cpu"
+    return False

@@ -1,0 +1,204 @@
+"""The public functions: value, Jacobian, gradient and Hessian of a model.
+
+Each takes the model and the user's ``x`` and returns arrays of ``x``'s kind, dtype and
+device. Shapes follow the output, as in JAX: per sample, an output of shape ``o`` has a
+Jacobian ``o + (d,)`` and a Hessian ``o + (d, d)``; models ending in ``Sum()`` or a loss have
+``o = ()``. ``x`` of shape ``(batch, d)`` puts a batch axis in front; ``x`` of shape ``(d,)``
+does not.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from .engine import input_derivatives, make_plan, param_derivatives
+from .engine.plan import Plan, check_mode
+from .model import Sequential
+
+Array = Any
+
+__all__ = ["Derivatives", "derivatives", "gradient", "hessian", "jacobian", "plan"]
+
+
+class Derivatives(NamedTuple):
+    """Value, first and second derivatives from one pass (see :func:`derivatives`)."""
+
+    value: Array
+    jacobian: Array
+    hessian: Array | None
+
+
+def _check_model(model: Any) -> Sequential:
+    if not isinstance(model, Sequential):
+        raise TypeError(f"model must be a hessarray.Sequential, got {type(model).__name__}")
+    return model
+
+
+def _compute(model, x, wrt, mode, per_sample, chunk_size, hessian) -> Derivatives:
+    model = _check_model(model)
+    check_mode(mode)
+    xp, x2, single = model.prepare(x)
+    scalar = model.scalar_output
+    if wrt is None:
+        p = make_plan(model.layers, x2.shape[0], x2.shape[1], x2, xp, mode=mode, chunk_size=chunk_size, hessian=hessian)
+        out = input_derivatives(model.layers, x2, xp, p, hessian)
+        keep_batch = True
+    else:
+        index, name = model.locate(wrt)
+        args = {"mode": mode, "chunk_size": chunk_size}
+        out = param_derivatives(model.layers, x2, xp, index, name, args, hessian, per_sample)
+        keep_batch = per_sample
+    if keep_batch:
+        # (B, m, ...) -> (B, ...) for scalar models; drop the batch axis for 1-D x.
+        out = tuple(None if a is None else (a[:, 0, ...] if scalar else a) for a in out)
+        if single:
+            out = tuple(None if a is None else a[0, ...] for a in out)
+    return Derivatives(*out)
+
+
+def derivatives(
+    model: Sequential,
+    x: Array,
+    *,
+    wrt: str | None = None,
+    mode: str = "auto",
+    per_sample: bool = False,
+    chunk_size: int | None = None,
+) -> Derivatives:
+    """Value, Jacobian (gradient) and Hessian of a model from one pass.
+
+    Parameters
+    ----------
+    model : Sequential
+    x : array, shape (batch, d) or (d,)
+        Real floating input (float32 or float64) of any array-API library.
+    wrt : str, optional
+        ``None`` (default) differentiates with respect to ``x``, per sample. A parameter name
+        from ``model.parameters()`` (e.g. ``"0.weight"``) differentiates with respect to
+        that parameter the output summed over the batch and output axes, as TensorFlow's
+        ``tf.gradients`` / ``tf.hessians`` do.
+    mode : {"auto", "forward", "reverse"}
+        ``"forward"`` pushes ``d`` tangents forward (``O(L n² d + L n d²)`` per sample, for
+        ``d ≤ n``); ``"reverse"`` pulls Hessians back (``O(L n³)``, for ``d > n``);
+        ``"auto"`` picks the one with the smaller FLOP estimate (see :func:`plan`).
+    per_sample : bool
+        With ``wrt``, keep the batch and output axes in front instead of summing them.
+    chunk_size : int, optional
+        Samples per block (default: cache-sized blocks on CPUs, the whole batch elsewhere).
+
+    Returns
+    -------
+    Derivatives
+        ``(value, jacobian, hessian)``. With respect to ``x``: shapes ``(batch,) + o``,
+        ``(batch,) + o + (d,)`` and ``(batch,) + o + (d, d)``. With respect to a parameter
+        of shape ``s``: ``()``, ``s`` and ``s + s``; with ``per_sample=True``
+        ``(batch,) + o``, ``(batch,) + o + s`` and ``(batch,) + o + s + s``.
+
+    Examples
+    --------
+    >>> import numpy as np, hessarray as ha
+    >>> model = ha.Sequential(ha.Dense(np.array([[1.0, 2.0]])), ha.Tanh(), ha.Sum())
+    >>> value, grad, hess = ha.derivatives(model, np.zeros((3, 2)))
+    >>> value.shape, grad.shape, hess.shape
+    ((3,), (3, 2), (3, 2, 2))
+    """
+    return _compute(model, x, wrt, mode, per_sample, chunk_size, True)
+
+
+def hessian(
+    model: Sequential,
+    x: Array,
+    *,
+    wrt: str | None = None,
+    mode: str = "auto",
+    per_sample: bool = False,
+    chunk_size: int | None = None,
+) -> Array:
+    """Exact Hessian of the model output, with respect to ``x`` or a parameter.
+
+    Shapes: ``(batch,) + o + (d, d)`` for ``x``; ``s + s`` for a parameter of shape ``s``
+    (output summed over batch and outputs), or ``(batch,) + o + s + s`` with
+    ``per_sample=True``. Parameters as in :func:`derivatives`.
+
+    Examples
+    --------
+    >>> import numpy as np, hessarray as ha
+    >>> model = ha.Sequential(ha.Square(), ha.Sum())
+    >>> ha.hessian(model, np.array([1.0, 2.0]))
+    array([[2., 0.],
+           [0., 2.]])
+    """
+    return _compute(model, x, wrt, mode, per_sample, chunk_size, True).hessian
+
+
+def jacobian(
+    model: Sequential,
+    x: Array,
+    *,
+    wrt: str | None = None,
+    mode: str = "auto",
+    chunk_size: int | None = None,
+) -> Array:
+    """Per-sample Jacobian of the model output: ``(batch,) + o + (d,)``.
+
+    With ``wrt`` a parameter of shape ``s``: ``(batch,) + o + s``. Parameters as in
+    :func:`derivatives`.
+
+    Examples
+    --------
+    >>> import numpy as np, hessarray as ha
+    >>> model = ha.Sequential(ha.Dense(np.array([[1.0, 0.0], [0.0, 3.0]])))
+    >>> ha.jacobian(model, np.ones(2))
+    array([[1., 0.],
+           [0., 3.]])
+    """
+    return _compute(model, x, wrt, mode, True, chunk_size, False).jacobian
+
+
+def gradient(
+    model: Sequential,
+    x: Array,
+    *,
+    wrt: str | None = None,
+    mode: str = "auto",
+    per_sample: bool = False,
+    chunk_size: int | None = None,
+) -> Array:
+    """Gradient of a scalar model with respect to ``x`` (``(batch, d)``), or of the summed
+    output with respect to a parameter (its shape; ``(batch,) + o + s`` per sample).
+
+    Raises
+    ------
+    ValueError
+        With respect to ``x``, when the model's output is not scalar (use :func:`jacobian`).
+
+    Examples
+    --------
+    >>> import numpy as np, hessarray as ha
+    >>> model = ha.Sequential(ha.Square(), ha.Sum())
+    >>> ha.gradient(model, np.array([[1.0, 2.0]]))
+    array([[2., 4.]])
+    """
+    _check_model(model)
+    if wrt is None and not model.scalar_output:
+        raise ValueError(
+            f"gradient needs a model with one output per sample (ending in Sum() or a loss); "
+            f"this one ends in {model.layers[-1]!r}: use jacobian instead"
+        )
+    return _compute(model, x, wrt, mode, per_sample, chunk_size, False).jacobian
+
+
+def plan(
+    model: Sequential, x: Array, *, mode: str = "auto", chunk_size: int | None = None, hessian: bool = True
+) -> Plan:
+    """The plan (mode, block size, FLOP estimates) a call on ``x`` would use.
+
+    Examples
+    --------
+    >>> import numpy as np, hessarray as ha
+    >>> model = ha.Sequential(ha.Dense(np.ones((64, 2))), ha.Tanh(), ha.Dense(np.ones((1, 64))))
+    >>> ha.plan(model, np.ones((10, 2))).mode
+    'forward'
+    """
+    xp, x2, _ = _check_model(model).prepare(x)
+    return make_plan(model.layers, x2.shape[0], x2.shape[1], x2, xp, mode=mode, chunk_size=chunk_size, hessian=hessian)

@@ -1,0 +1,54 @@
+"""How derivatives flow through a chain of layers: planning, the two modes, parameters.
+
+The engine talks to layers only through the contract of :mod:`hessarray.layers.base`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..layers.base import Layer
+from ..layers.losses import Sum
+from .batching import map_blocks
+from .forward import forward_mode
+from .params import parameter_derivatives
+from .plan import Plan, make_plan
+from .reverse import reverse_mode
+
+__all__ = ["Plan", "input_derivatives", "make_plan", "param_derivatives"]
+
+
+def input_derivatives(layers: list[Layer], x: Any, xp: Any, plan: Plan, hessian: bool) -> tuple:
+    """Value ``(B, m)``, Jacobian ``(B, m, d)`` and Hessian ``(B, m, d, d)`` (or ``None``)."""
+    run = forward_mode if plan.mode == "forward" else reverse_mode
+    return map_blocks(
+        lambda block, xb: run(block, xb, hessian),
+        layers,
+        x,
+        plan.chunk_size,
+        ("cat", "cat", "cat" if hessian else "none"),
+        xp,
+    )
+
+
+def param_derivatives(
+    layers: list[Layer], x: Any, xp: Any, index: int, name: str, plan_args: dict, hessian: bool, per_sample: bool
+) -> tuple:
+    """Value, gradient and Hessian with respect to one parameter (see :mod:`.params`)."""
+    # Plan on the chain that follows the owner: its width is the number of tangents.
+    n = x.shape[1]
+    for layer in layers[:index]:
+        n = layer.out_width(n)
+    # The owner's output width is the number of tangents (for a parameter nested in a
+    # residual block, the block's width stands in for it).
+    tail = list(layers[index + 1 :]) + ([] if per_sample else [Sum()])
+    plan = make_plan(tail, x.shape[0], layers[index].out_width(n), x, xp, hessian=hessian, **plan_args)
+    how = "cat" if per_sample else "sum"
+    return map_blocks(
+        lambda block, xb: parameter_derivatives(block, xb, index, name, plan.mode, hessian, per_sample),
+        layers,
+        x,
+        plan.chunk_size,
+        (how, how, how if hessian else "none"),
+        xp,
+    )

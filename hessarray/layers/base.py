@@ -1,0 +1,223 @@
+"""The layer contract: what every layer knows about itself, and nothing about the engine.
+
+A layer maps one sample ``x`` of width ``n_in`` to ``y`` of width ``n_out``; every method works
+on a whole block of samples at once. Shapes (``B`` samples, ``k`` tangent directions, ``m``
+model outputs that adjoints belong to):
+
+============  =====================  ==============================================
+name          shape                  meaning
+============  =====================  ==============================================
+``x``         ``(B, n_in)``          layer input
+``t``         ``(B, k, n_in)``       forward tangents ``dx/dseed`` (rows = directions)
+``g``         ``(B, m, n_out)``      adjoints ``d out_i / dy``
+``h``         ``(B, m, n_out, n_out)``  Hessians ``d² out_i / dy²`` (``None`` = zero)
+``(L, R)``    ``(B, m, k, r)``,      curvature factors: ``tᵀ (Σ_j g_j ∇²y_j) t``
+              ``(B, k, r)``          equals ``L @ Rᵀ`` summed over the factor pairs
+============  =====================  ==============================================
+
+Tangents keep the feature axis last so that a dense layer pushes all ``B·k`` of them with one
+GEMM. The engine never looks at a layer's type; it only calls the methods below.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from .._backend import array_namespace, matmul_last
+
+Array = Any
+
+
+class Step(NamedTuple):
+    """One evaluated layer: the layer, what its forward pass kept, and its output."""
+
+    layer: Layer
+    cache: Any
+    y: Array
+
+
+class Layer:
+    """Base class and contract of a layer ``y = φ(x)`` applied to every sample of a batch.
+
+    Subclasses override :meth:`forward`, :meth:`pull` and, when ``φ`` is not linear,
+    :meth:`curvature` and :meth:`pull_hessian`. Layers are immutable after construction: all
+    per-call state lives in the ``cache`` that :meth:`forward` returns.
+    """
+
+    #: ``False`` when every second derivative of the layer vanishes (dense maps, ReLU, ...):
+    #: the engine then skips :meth:`curvature`.
+    has_curvature: bool = True
+    #: Width the layer requires of its input, or ``None`` when any width will do.
+    in_width: int | None = None
+    #: ``True`` for layers that reduce a sample to one number (``Sum``, losses).
+    scalar_output: bool = False
+
+    # -- shapes -------------------------------------------------------------------------
+    def out_width(self, n_in: int) -> int:
+        """Width of the output for an input of width ``n_in``; ``ValueError`` if it can't."""
+        return n_in
+
+    # -- first order ----------------------------------------------------------------------
+    def forward(self, x: Array, t: Array | None = None) -> tuple[Array, Array | None, Any]:
+        """Evaluate the layer on ``x`` (and push tangents ``t`` if given).
+
+        Returns
+        -------
+        y : array, shape (B, n_out)
+        t_out : array, shape (B, k, n_out), or None when ``t`` is None
+        cache : object
+            Whatever :meth:`pull`, :meth:`curvature` and :meth:`pull_hessian` need later.
+        """
+        raise NotImplementedError
+
+    def pull(self, cache: Any, g: Array) -> Array:
+        """Vector-Jacobian products: ``(B, M, n_out) -> (B, M, n_in)``, ``g ∂y/∂x``."""
+        raise NotImplementedError
+
+    # -- second order -------------------------------------------------------------------
+    def curvature(self, cache: Any, g: Array) -> list[tuple[Array, Array]]:
+        """Factors of ``tᵀ (Σ_j g_j ∇²y_j) t`` for the tangents given to :meth:`forward`.
+
+        The sum over returned pairs of ``L @ Rᵀ`` (per sample and output) is the curvature
+        this layer adds to the Hessian of the outputs with respect to the tangent seed. A
+        layer without curvature returns ``[]``; an elementwise one returns ``[(t·(g φ''), t)]``, so the
+        ``(B, n, n)`` diagonal curvature is never formed.
+        """
+        return []
+
+    def pull_hessian(self, cache: Any, g: Array, h: Array | None) -> Array | None:
+        """``Jᵀ h J + Σ_j g_j ∇²y_j``: ``(B, m, n_out, n_out) -> (B, m, n_in, n_in)``.
+
+        ``g`` are the adjoints at the layer output. ``h`` may be ``None`` (zero); the result
+        may be ``None`` only if it is zero.
+        """
+        raise NotImplementedError
+
+    # -- planning -------------------------------------------------------------------------
+    def flops(self, n_in: int, k: int, m: int) -> tuple[float, float]:
+        """Multiply-adds per sample for (forward mode with ``k`` tangents, reverse mode).
+
+        Forward mode: value, ``k`` tangents, ``m`` adjoints, and the curvature factors.
+        Reverse mode: value, ``m`` adjoints and the ``m`` Hessian pulls.
+        """
+        n = self.out_width(n_in)
+        curv = m * k * k * n if self.has_curvature else 0
+        return ((1 + k + m) * n + curv, (1 + m) * n + m * n * n)
+
+    # -- data ---------------------------------------------------------------------------------
+    def arrays(self) -> list[tuple[str, Array]]:
+        """Every array the layer holds, with names, for backend and device checks."""
+        return list(self.parameters().items())
+
+    def parameters(self) -> dict[str, Array]:
+        """Differentiable parameters by local name (``"weight"``, ``"0.bias"``, ...)."""
+        return {}
+
+    def batch_slice(self, start: int, stop: int) -> Layer:
+        """The layer for samples ``start:stop`` (layers holding per-sample targets slice them)."""
+        return self
+
+    def check_batch(self, batch: int) -> None:
+        """Raise ``ValueError`` if per-sample data does not match ``batch`` samples."""
+
+    # -- parameters ---------------------------------------------------------------------
+    def param_owner(self, cache: Any, name: str, y: Array) -> tuple[Layer, Any, str, Array, list]:
+        """Find the layer that owns parameter ``name`` (a local name).
+
+        Returns ``(owner, owner_cache, owner_local_name, owner_output, downstream)`` where
+        ``downstream`` lists the layers that map the owner's output to this layer's output
+        (empty when this layer is the owner).
+        """
+        raise KeyError(name)
+
+    def param_gradient(self, cache: Any, name: str, g: Array, per_sample: bool) -> Array:
+        """Adjoints ``g`` of shape ``(B, m, n_out)`` mapped onto parameter ``name``.
+
+        Returns ``(B, m, *shape)`` if ``per_sample``, else the sum over ``B`` and ``m``.
+        """
+        raise KeyError(name)
+
+    def param_hessian(self, cache: Any, name: str, h: Array, per_sample: bool) -> Array:
+        """Exact Hessian of the outputs with respect to parameter ``name``.
+
+        ``h`` is ``(B, m, n_out, n_out)``, the Hessian with respect to this layer's output.
+        Layers linear in their parameters (all of the built-in ones) have no second term.
+        Returns ``(B, m, *shape, *shape)`` if ``per_sample``, else the sum over ``B`` and
+        ``m``: ``(*shape, *shape)``.
+        """
+        raise KeyError(name)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+# -- chains of layers -------------------------------------------------------------------------
+# Composite layers (Residual) and the engine both walk lists of steps; these helpers are the
+# one place that does so.
+
+
+def forward_chain(layers: list[Layer], x: Array, t: Array | None = None) -> tuple[list[Step], Array, Array | None]:
+    """Run ``layers`` on ``x`` (pushing tangents ``t``); return the steps, output and tangents."""
+    steps = []
+    for layer in layers:
+        y, t, cache = layer.forward(x, t)
+        steps.append(Step(layer, cache, y))
+        x = y
+    return steps, x, t
+
+
+def pull_chain(steps: list[Step], g: Array) -> Array:
+    """Pull adjoints ``g`` back through ``steps``: ``g ∂out/∂in``."""
+    for step in reversed(steps):
+        g = step.layer.pull(step.cache, g)
+    return g
+
+
+def adjoints(steps: list[Step], g: Array) -> list[Array]:
+    """The adjoints at each step's output (in step order), for ``g`` at the last output.
+
+    Stops before pulling through the first step: its input adjoint is not needed.
+    """
+    at_output = [g]
+    for step in reversed(steps[1:]):
+        at_output.append(step.layer.pull(step.cache, at_output[-1]))
+    at_output.reverse()
+    return at_output
+
+
+def curvature_chain(steps: list[Step], g_out: list[Array]) -> list[tuple[Array, Array]]:
+    """All curvature factors of ``steps`` given the adjoints at each step's output."""
+    factors: list[tuple[Array, Array]] = []
+    for step, g in zip(steps, g_out):
+        if step.layer.has_curvature:
+            factors.extend(step.layer.curvature(step.cache, g))
+    return factors
+
+
+def pull_hessian_chain(steps: list[Step], g: Array, h: Array | None) -> tuple[Array, Array | None]:
+    """Reverse-mode second order: pull ``(g, h)`` back through ``steps``."""
+    for step in reversed(steps):
+        h = step.layer.pull_hessian(step.cache, g, h)
+        g = step.layer.pull(step.cache, g)
+    return g, h
+
+
+def pull_rows(steps: list[Step], h: Array) -> Array:
+    """``h @ J`` for ``h`` of shape ``(B, m, p, n_out)``: each row pulled as an adjoint."""
+    B, m, p, n = h.shape
+    xp = array_namespace(h)
+    out = pull_chain(steps, xp.reshape(h, (B, m * p, n)))
+    return xp.reshape(out, (B, m, p, out.shape[-1]))
+
+
+__all__ = [
+    "Layer",
+    "Step",
+    "adjoints",
+    "curvature_chain",
+    "forward_chain",
+    "matmul_last",
+    "pull_chain",
+    "pull_hessian_chain",
+    "pull_rows",
+]

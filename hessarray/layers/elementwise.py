@@ -1,0 +1,278 @@
+"""Elementwise activations ``y_i = φ(x_i)``: diagonal Jacobian, diagonal curvature.
+
+Each activation gives ``φ``, ``φ'`` and ``φ''`` from one evaluation (sharing subexpressions).
+The curvature ``tᵀ diag(g φ'') t`` is returned as the factor pair ``(t·(g φ''), t)``; the
+``(n, n)`` diagonal, let alone the ``(n, n, n)`` second-derivative tensor, is never built.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from .._backend import array_namespace, diag_embed
+from .base import Array, Layer
+
+
+class Activation(Layer):
+    """Base of elementwise layers: subclasses implement :meth:`derivatives`."""
+
+    def derivatives(self, xp: Any, z: Array) -> tuple[Array, Array, Array]:
+        """``(φ(z), φ'(z), φ''(z))`` for an array ``z``, elementwise."""
+        raise NotImplementedError
+
+    def forward(self, x: Array, t: Array | None = None) -> tuple[Array, Array | None, Any]:
+        xp = array_namespace(x)
+        f, df, d2f = self.derivatives(xp, x)
+        t_out = None if t is None else df[:, None, :] * t
+        return f, t_out, (df, d2f, t)
+
+    def pull(self, cache: Any, g: Array) -> Array:
+        return g * cache[0][:, None, :]
+
+    def curvature(self, cache: Any, g: Array) -> list[tuple[Array, Array]]:
+        _, d2f, t = cache
+        c = g * d2f[:, None, :]  # (B, m, n): Σ_j g_j ∂²y_j/∂x_n² (diagonal)
+        return [(t[:, None, :, :] * c[:, :, None, :], t)]
+
+    def pull_hessian(self, cache: Any, g: Array, h: Array | None) -> Array | None:
+        df, d2f, _ = cache
+        xp = array_namespace(g)
+        out = None
+        if self.has_curvature:
+            out = diag_embed(xp, g * d2f[:, None, :])
+        if h is not None:
+            jhj = h * df[:, None, :, None] * df[:, None, None, :]
+            out = jhj if out is None else out + jhj
+        return out
+
+
+def _sigmoid(xp: Any, z: Array) -> Array:
+    # tanh form: no overflow of exp for large |z|.
+    return 0.5 * xp.tanh(0.5 * z) + 0.5
+
+
+class Tanh(Activation):
+    """``tanh(z)``; ``φ' = 1 - φ²``, ``φ'' = -2 φ φ'``."""
+
+    def derivatives(self, xp, z):
+        f = xp.tanh(z)
+        df = 1.0 - f * f
+        return f, df, -2.0 * f * df
+
+
+class Sigmoid(Activation):
+    """Logistic ``1 / (1 + e^{-z})``; ``φ' = φ(1-φ)``, ``φ'' = φ'(1-2φ)``."""
+
+    def derivatives(self, xp, z):
+        s = _sigmoid(xp, z)
+        df = s * (1.0 - s)
+        return s, df, df * (1.0 - 2.0 * s)
+
+
+class Softplus(Activation):
+    """``log(1 + e^{βz}) / β``, evaluated as ``max(βz, 0) + log1p(e^{-|βz|})`` (stable).
+
+    Parameters
+    ----------
+    beta : float, default 1
+    """
+
+    def __init__(self, beta: float = 1.0) -> None:
+        if not beta > 0:
+            raise ValueError(f"Softplus: beta must be positive, got {beta}")
+        self.beta = float(beta)
+
+    def derivatives(self, xp, z):
+        bz = self.beta * z
+        pos = xp.where(bz > 0, bz, xp.zeros_like(bz))
+        f = (pos + xp.log1p(xp.exp(-xp.abs(bz)))) / self.beta
+        s = _sigmoid(xp, bz)
+        return f, s, self.beta * s * (1.0 - s)
+
+    def __repr__(self):
+        return f"Softplus(beta={self.beta})"
+
+
+class LeakyReLU(Activation):
+    """``z`` for ``z > 0``, else ``slope·z``; no curvature (second derivative 0 a.e.).
+
+    Parameters
+    ----------
+    slope : float, default 0.01
+    """
+
+    has_curvature = False
+
+    def __init__(self, slope: float = 0.01) -> None:
+        self.slope = float(slope)
+
+    def derivatives(self, xp, z):
+        pos = z > 0
+        ones = xp.ones_like(z)
+        df = xp.where(pos, ones, self.slope * ones)
+        return z * df, df, xp.zeros_like(z)
+
+    def __repr__(self):
+        return f"LeakyReLU(slope={self.slope})"
+
+
+class ReLU(LeakyReLU):
+    """``max(z, 0)``; derivative 1 for ``z > 0`` else 0; no curvature."""
+
+    def __init__(self) -> None:
+        super().__init__(0.0)
+
+    def __repr__(self):
+        return "ReLU()"
+
+
+class ELU(Activation):
+    """``z`` for ``z > 0``, else ``α(e^z - 1)``.
+
+    Parameters
+    ----------
+    alpha : float, default 1
+    """
+
+    def __init__(self, alpha: float = 1.0) -> None:
+        self.alpha = float(alpha)
+
+    def derivatives(self, xp, z):
+        pos = z > 0
+        zero = xp.zeros_like(z)
+        e = self.alpha * xp.exp(xp.where(pos, zero, z))  # exp of the negative part only
+        f = xp.where(pos, z, e - self.alpha)
+        df = xp.where(pos, xp.ones_like(z), e)
+        return f, df, xp.where(pos, zero, e)
+
+    def __repr__(self):
+        return f"ELU(alpha={self.alpha})"
+
+
+class SiLU(Activation):
+    """``z σ(z)`` (swish); ``φ' = σ + zσ(1-σ)``, ``φ'' = σ(1-σ)(2 + z(1-2σ))``."""
+
+    def derivatives(self, xp, z):
+        s = _sigmoid(xp, z)
+        ds = s * (1.0 - s)
+        return z * s, s + z * ds, ds * (2.0 + z * (1.0 - 2.0 * s))
+
+
+class LogCosh(Activation):
+    """``log(cosh z)`` evaluated as ``|z| + log1p(e^{-2|z|}) - log 2`` (stable)."""
+
+    def derivatives(self, xp, z):
+        a = xp.abs(z)
+        f = a + xp.log1p(xp.exp(-2.0 * a)) - math.log(2.0)
+        th = xp.tanh(z)
+        return f, th, 1.0 - th * th
+
+
+class Sin(Activation):
+    """``sin z``."""
+
+    def derivatives(self, xp, z):
+        s = xp.sin(z)
+        return s, xp.cos(z), -s
+
+
+class Cos(Activation):
+    """``cos z``."""
+
+    def derivatives(self, xp, z):
+        c = xp.cos(z)
+        return c, -xp.sin(z), -c
+
+
+class Exp(Activation):
+    """``e^z``."""
+
+    def derivatives(self, xp, z):
+        e = xp.exp(z)
+        return e, e, e
+
+
+class Square(Activation):
+    """``z²``."""
+
+    def derivatives(self, xp, z):
+        return z * z, 2.0 * z, 2.0 * xp.ones_like(z)
+
+
+class Power(Activation):
+    """``z^p`` for a real exponent ``p`` (negative ``z`` gives NaN unless ``p`` is integral).
+
+    Parameters
+    ----------
+    p : float
+    """
+
+    def __init__(self, p: float) -> None:
+        self.p = float(p)
+        self.has_curvature = self.p not in (0.0, 1.0)
+
+    def _term(self, xp, z, k):
+        # p (p-1) ... (p-k+1) z^(p-k); an exponent of 0 gives 1, also at z = 0.
+        coef = math.prod(self.p - j for j in range(k))
+        e = self.p - k
+        if coef == 0.0:
+            return xp.zeros_like(z)
+        if e == 0.0:
+            return coef * xp.ones_like(z)
+        if e == 1.0:
+            return coef * z
+        if e == 2.0:
+            return coef * (z * z)
+        return coef * z**e
+
+    def derivatives(self, xp, z):
+        return self._term(xp, z, 0), self._term(xp, z, 1), self._term(xp, z, 2)
+
+    def __repr__(self):
+        return f"Power({self.p})"
+
+
+class Identity(Activation):
+    """``z`` unchanged."""
+
+    has_curvature = False
+
+    def derivatives(self, xp, z):
+        return z, xp.ones_like(z), xp.zeros_like(z)
+
+
+class Elementwise(Activation):
+    """A user's elementwise function with its first and second derivatives.
+
+    Parameters
+    ----------
+    f, df, d2f : callable
+        Each maps an array ``z`` to an array of the same shape, written with array-API
+        calls (get the namespace with ``array_api_compat.array_namespace(z)``).
+
+    Examples
+    --------
+    >>> import numpy as np, hessarray as ha
+    >>> cube = ha.Elementwise(lambda z: z**3, lambda z: 3 * z**2, lambda z: 6 * z)
+    >>> float(ha.hessian(ha.Sequential(cube, ha.Sum()), np.array([2.0]))[0, 0])
+    12.0
+    """
+
+    def __init__(self, f: Callable, df: Callable, d2f: Callable, name: str | None = None) -> None:
+        for fn, what in ((f, "f"), (df, "df"), (d2f, "d2f")):
+            if not callable(fn):
+                raise TypeError(f"Elementwise: {what} must be callable, got {type(fn).__name__}")
+        self.f, self.df, self.d2f = f, df, d2f
+        self.name = name or getattr(f, "__name__", "f")
+
+    def derivatives(self, xp, z):
+        # Constants (``lambda z: 2.0``) are allowed: give them the shape of z.
+        return tuple(
+            v if hasattr(v, "shape") and tuple(v.shape) == tuple(z.shape) else v + xp.zeros_like(z)
+            for v in (self.f(z), self.df(z), self.d2f(z))
+        )
+
+    def __repr__(self):
+        return f"Elementwise({self.name})"

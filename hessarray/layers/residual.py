@@ -1,0 +1,152 @@
+"""Residual block ``y = x + h · block(x)`` around a width-preserving chain of layers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._backend import array_namespace
+from .base import (
+    Array,
+    Layer,
+    adjoints,
+    curvature_chain,
+    forward_chain,
+    pull_chain,
+    pull_hessian_chain,
+    pull_rows,
+)
+
+
+class Residual(Layer):
+    """``y = x + h · block(x)``, where ``block`` is ``layers`` applied in order.
+
+    Parameters
+    ----------
+    *layers : Layer
+        The block; it must map width ``n`` to width ``n``.
+    h : float, default 1.0
+        Step size (``h = 0.5`` in hessQuik's residual networks).
+
+    Examples
+    --------
+    >>> import numpy as np, hessarray as ha
+    >>> block = ha.Residual(ha.Dense(np.eye(2)), ha.Tanh(), h=0.5)
+    >>> ha.Sequential(block)(np.zeros((1, 2))).shape
+    (1, 2)
+    """
+
+    def __init__(self, *layers: Layer, h: float = 1.0) -> None:
+        if not layers:
+            raise ValueError("Residual needs at least one layer")
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"Residual: item {i} is {type(layer).__name__}, not a Layer")
+            if layer.scalar_output:
+                raise ValueError(f"Residual: layer {i} ({layer!r}) reduces to a scalar")
+        self.layers = list(layers)
+        self.h = float(h)
+        self.in_width = next((l.in_width for l in self.layers if l.in_width is not None), None)
+        if self.in_width is not None:
+            self.out_width(self.in_width)
+        self.has_curvature = any(layer.has_curvature for layer in self.layers)
+
+    def out_width(self, n_in: int) -> int:
+        n = n_in
+        for i, layer in enumerate(self.layers):
+            try:
+                n = layer.out_width(n)
+            except ValueError as exc:
+                raise ValueError(f"residual layer {i} ({layer!r}) {exc}, got width {n}") from None
+        if n != n_in:
+            raise ValueError(f"residual block maps width {n_in} to {n}; it must preserve the width")
+        return n_in
+
+    def forward(self, x: Array, t: Array | None = None) -> tuple[Array, Array | None, Any]:
+        steps, u, tu = forward_chain(self.layers, x, t)
+        y = x + self.h * u
+        t_out = None if t is None else t + self.h * tu
+        return y, t_out, (x, steps)
+
+    def pull(self, cache: Any, g: Array) -> Array:
+        _, steps = cache
+        inner = pull_chain(steps, self.h * g)
+        return g + inner
+
+    def curvature(self, cache: Any, g: Array) -> list[tuple[Array, Array]]:
+        _, steps = cache
+        return curvature_chain(steps, adjoints(steps, self.h * g))
+
+    def pull_hessian(self, cache: Any, g: Array, h: Array | None) -> Array | None:
+        # y = x + s·B(x):  H_x = H + s(H J_B + J_Bᵀ H) + s² J_Bᵀ H J_B + s Σ g ∇²B.
+        _, steps = cache
+        s = self.h
+        hb = None if h is None else (s * s) * h
+        _, inner = pull_hessian_chain(steps, s * g, hb)
+        if h is None:
+            return inner
+        xp = array_namespace(h)
+        cross = s * pull_rows(steps, h)
+        out = h + cross + xp.permute_dims(cross, (0, 1, 3, 2))
+        return out if inner is None else out + inner
+
+    def flops(self, n_in: int, k: int, m: int) -> tuple[float, float]:
+        fwd, rev = (1 + k + m) * n_in, m * n_in * n_in
+        for layer in self.layers:
+            f, r = layer.flops(n_in, k, m)
+            # the reverse pull also pulls the n rows of h through the block (cross term)
+            fwd, rev = fwd + f, rev + r + m * n_in * layer.flops(n_in, 0, 0)[0]
+        return fwd, rev
+
+    # -- data and parameters ------------------------------------------------------------------
+    def parameters(self) -> dict[str, Array]:
+        return {f"{i}.{k}": v for i, layer in enumerate(self.layers) for k, v in layer.parameters().items()}
+
+    def arrays(self) -> list[tuple[str, Array]]:
+        return [(f"{i}.{k}", v) for i, layer in enumerate(self.layers) for k, v in layer.arrays()]
+
+    def batch_slice(self, start: int, stop: int) -> Layer:
+        inner = [layer.batch_slice(start, stop) for layer in self.layers]
+        if all(a is b for a, b in zip(inner, self.layers)):
+            return self
+        return Residual(*inner, h=self.h)
+
+    def check_batch(self, batch: int) -> None:
+        for layer in self.layers:
+            layer.check_batch(batch)
+
+    def param_owner(self, cache: Any, name: str, y: Array) -> tuple[Layer, Any, str, Array, list]:
+        x, steps = cache
+        index, _, rest = name.partition(".")
+        if not index.isdigit() or int(index) >= len(steps):
+            raise KeyError(name)
+        i = int(index)
+        step = steps[i]
+        owner, owner_cache, local, y_owner, down = step.layer.param_owner(step.cache, rest, step.y)
+        # From the owner's output: the rest of the block, then the skip connection.
+        return owner, owner_cache, local, y_owner, down + self.layers[i + 1 :] + [Skip(x, self.h)]
+
+    def __repr__(self) -> str:
+        inner = ", ".join(repr(layer) for layer in self.layers)
+        return f"Residual({inner}, h={self.h})"
+
+
+class Skip(Layer):
+    """``y = x0 + h·u`` for a fixed per-sample ``x0``: a residual block seen from inside it.
+
+    Used when differentiating with respect to a parameter of the block: the skip input is
+    then a constant.
+    """
+
+    has_curvature = False
+
+    def __init__(self, x0: Array, h: float) -> None:
+        self.x0, self.h = x0, h
+
+    def forward(self, x: Array, t: Array | None = None) -> tuple[Array, Array | None, Any]:
+        return self.x0 + self.h * x, None if t is None else self.h * t, None
+
+    def pull(self, cache: Any, g: Array) -> Array:
+        return self.h * g
+
+    def pull_hessian(self, cache: Any, g: Array, h: Array | None) -> Array | None:
+        return None if h is None else (self.h * self.h) * h
