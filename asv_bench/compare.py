@@ -1,0 +1,975 @@
+"""Compare hessarray with other systems that compute per-sample input Hessians.
+
+Run from the repository root::
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python asv_bench/compare.py          # full, ~15 min
+    python asv_bench/compare.py --quick                                              # smoke test, < 1 min
+    python asv_bench/compare.py --cases pinn hessquik                                 # a subset
+
+(The ``env -u`` prefix lets OpenBLAS pick its kernel for this CPU; it belongs to this command
+only, never to the tests or CI.)
+
+In one process, for every case, the same model (same random weights) is built in hessarray
+and in each installed peer, and value, gradient and Hessian of every sample are computed:
+
+* hessarray on NumPy (``mode="auto"``, and ``"forward"`` / ``"reverse"`` separately), on torch
+  (CPU) and on JAX (inside ``jax.jit``);
+* TensorFlow: nested ``tf.GradientTape`` + ``batch_jacobian`` in ``tf.function``, with and
+  without ``jit_compile=True`` (XLA);
+* JAX: ``jax.jit`` of ``jax.vmap(jax.hessian(f))`` and ``jax.vmap(jax.value_and_grad(f))``;
+* torch.func: ``vmap(hessian(f))`` and ``vmap(grad_and_value(f))``;
+* hessQuik (its own ``NN`` of ``singleLayer`` / ``resnetLayer``), forward and backward mode,
+  in blocks of at most 1000 samples.
+
+Every result is checked against hessarray (float64: relative 1e-10) before it is timed; a
+row that disagrees is marked MISMATCH and not timed. Systems are timed round-robin (one call
+of each per round, after a warm-up) and the median is reported: on a shared, noisy machine,
+ratios taken in one run are meaningful, absolute times less so.
+
+The full run writes ``docs/benchmarks.md`` and ``docs/benchmarks_batch.png``; ``--quick``
+and ``--cases`` runs write nothing unless ``--write`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import math
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+import tracemalloc
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+try:
+    import hessarray as ha
+except ImportError:  # running from a checkout without installing it
+    sys.path.insert(0, str(REPO))
+    import hessarray as ha
+
+LOG2 = math.log(2.0)
+
+# --------------------------------------------------------------------------------------------
+# Problems: one description of the network, built in every system from the same arrays.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Spec:
+    """A scalar-output network: a list of ops on a sample of width ``d``.
+
+    Ops: ``("dense", W (out, in), b (out,))``, ``("act", name)``,
+    ``("res", W, b, act, h)`` for ``x + h·act(W x + b)``, and ``("sum",)``.
+    Activations: ``"tanh"`` and ``"logcosh"`` (``log cosh z``).
+    """
+
+    name: str
+    d: int
+    ops: list
+    width: int = 0
+
+    def cast(self, dtype: Any) -> list:
+        out = []
+        for op in self.ops:
+            out.append(tuple(np.asarray(a, dtype=dtype) if isinstance(a, np.ndarray) else a for a in op))
+        return out
+
+
+def mlp_spec(d: int, width: int, depth: int = 4, seed: int = 0) -> Spec:
+    """``dense d→w, tanh, (dense w→w, tanh) × (depth-1), dense w→1, Sum``."""
+    rng = np.random.default_rng(seed)
+    dims = [d] + [width] * depth + [1]
+    ops: list = []
+    for i in range(len(dims) - 1):
+        W = rng.standard_normal((dims[i + 1], dims[i])) / math.sqrt(dims[i])
+        b = 0.1 * rng.standard_normal(dims[i + 1])
+        ops.append(("dense", W, b))
+        if i < depth:
+            ops.append(("act", "tanh"))
+    ops.append(("sum",))
+    return Spec(f"mlp d={d} w={width}", d, ops, width)
+
+
+def resnet_spec(d: int, first_act: str, width: int = 16, depth: int = 4, h: float = 0.5, seed: int = 0) -> Spec:
+    """hessQuik's timing network: ``dense d→16, act, 4 × residual(tanh, h=0.5), dense 16→1``."""
+    rng = np.random.default_rng(seed)
+    ops: list = [
+        ("dense", rng.standard_normal((width, d)) / math.sqrt(d), 0.1 * rng.standard_normal(width)),
+        ("act", first_act),
+    ]
+    for _ in range(depth):
+        ops.append(("res", rng.standard_normal((width, width)) / math.sqrt(width), 0.1 * rng.standard_normal(width), "tanh", h))
+    ops.append(("dense", rng.standard_normal((1, width)) / math.sqrt(width), 0.1 * rng.standard_normal(1)))
+    ops.append(("sum",))
+    return Spec(f"resnet d={d} {first_act}", d, ops, width)
+
+
+# --------------------------------------------------------------------------------------------
+# Systems
+# --------------------------------------------------------------------------------------------
+
+Fn = Callable[[Any], tuple]
+
+
+@dataclass
+class Built:
+    fn: Fn  # (x in the system's type) -> (value, grad, hess), finished (synchronised)
+    to_input: Callable[[np.ndarray], Any]
+    to_numpy: Callable[[tuple], tuple]
+    flops: float | None = None  # per-sample multiply-adds of the algorithm run (hessarray)
+    note: str = ""
+
+
+@dataclass
+class System:
+    name: str
+    peer: bool
+    build: Callable[[Spec, Any], Built]
+    missing: str | None = None  # why it cannot run here
+    jit: bool = False  # compiled per input shape: no small probe before the full batch
+    extra: dict = field(default_factory=dict)
+
+
+def _np_out(out: tuple) -> tuple:
+    return tuple(np.asarray(a) for a in out)
+
+
+# -- hessarray --------------------------------------------------------------------------------
+
+
+def ha_model(spec: Spec, dtype: Any, conv: Callable = np.asarray) -> ha.Sequential:
+    acts = {"tanh": ha.Tanh, "logcosh": ha.LogCosh}
+    layers = []
+    for op in spec.cast(dtype):
+        if op[0] == "dense":
+            layers.append(ha.Dense(conv(op[1]), conv(op[2])))
+        elif op[0] == "act":
+            layers.append(acts[op[1]]())
+        elif op[0] == "res":
+            layers.append(ha.Residual(ha.Dense(conv(op[1]), conv(op[2])), acts[op[3]](), h=op[4]))
+        else:
+            layers.append(ha.Sum())
+    return ha.Sequential(*layers)
+
+
+def build_ha_numpy(mode: str) -> Callable[[Spec, Any], Built]:
+    def build(spec: Spec, dtype: Any) -> Built:
+        model = ha_model(spec, dtype)
+
+        def fn(x):
+            return tuple(ha.derivatives(model, x, mode=mode))
+
+        probe = np.zeros((1, spec.d), dtype=dtype)
+        plan = ha.plan(model, probe, mode=mode)
+        return Built(fn, lambda x: np.asarray(x, dtype=dtype), _np_out, plan.flops[plan.mode], plan.mode)
+
+    return build
+
+
+def build_ha_torch(spec: Spec, dtype: Any) -> Built:
+    import torch
+
+    tdt = torch.float64 if dtype == np.float64 else torch.float32
+    model = ha_model(spec, dtype, lambda a: torch.asarray(a, dtype=tdt))
+
+    def fn(x):
+        with torch.no_grad():
+            return tuple(ha.derivatives(model, x))
+
+    plan = ha.plan(model, torch.zeros((1, spec.d), dtype=tdt))
+    return Built(fn, lambda x: torch.asarray(x, dtype=tdt), lambda o: tuple(a.numpy() for a in o),
+                 plan.flops[plan.mode], plan.mode)
+
+
+def build_ha_jax(spec: Spec, dtype: Any) -> Built:
+    import jax
+    import jax.numpy as jnp
+
+    model = ha_model(spec, dtype, jnp.asarray)
+    run = jax.jit(lambda x: tuple(ha.derivatives(model, x)))
+    plan = ha.plan(model, jnp.zeros((1, spec.d), dtype=dtype))
+    return Built(lambda x: jax.block_until_ready(run(x)), lambda x: jnp.asarray(x, dtype=dtype), _np_out,
+                 plan.flops[plan.mode], plan.mode)
+
+
+# -- JAX ----------------------------------------------------------------------------------------
+
+
+def build_jax(spec: Spec, dtype: Any) -> Built:
+    import jax
+    import jax.numpy as jnp
+
+    ops = [tuple(jnp.asarray(a) if isinstance(a, np.ndarray) else a for a in op) for op in spec.cast(dtype)]
+    acts = {"tanh": jnp.tanh, "logcosh": lambda z: z + jax.nn.softplus(-2.0 * z) - LOG2}
+
+    def f(x):  # one sample (d,) -> scalar
+        for op in ops:
+            if op[0] == "dense":
+                x = op[1] @ x + op[2]
+            elif op[0] == "act":
+                x = acts[op[1]](x)
+            elif op[0] == "res":
+                x = x + op[4] * acts[op[3]](op[1] @ x + op[2])
+            else:
+                x = jnp.sum(x)
+        return x
+
+    value_grad = jax.vmap(jax.value_and_grad(f))
+    hess = jax.vmap(jax.hessian(f))
+    run = jax.jit(lambda x: (*value_grad(x), hess(x)))
+    return Built(lambda x: jax.block_until_ready(run(x)), lambda x: jnp.asarray(x, dtype=dtype), _np_out)
+
+
+# -- torch.func ----------------------------------------------------------------------------------
+
+
+def build_torch_func(spec: Spec, dtype: Any) -> Built:
+    import torch
+    from torch.func import grad_and_value, hessian, vmap
+
+    tdt = torch.float64 if dtype == np.float64 else torch.float32
+    ops = [tuple(torch.asarray(a, dtype=tdt) if isinstance(a, np.ndarray) else a for a in op) for op in spec.cast(dtype)]
+    acts = {"tanh": torch.tanh, "logcosh": lambda z: z + torch.nn.functional.softplus(-2.0 * z) - LOG2}
+
+    def f(x):
+        for op in ops:
+            if op[0] == "dense":
+                x = op[1] @ x + op[2]
+            elif op[0] == "act":
+                x = acts[op[1]](x)
+            elif op[0] == "res":
+                x = x + op[4] * acts[op[3]](op[1] @ x + op[2])
+            else:
+                x = torch.sum(x)
+        return x
+
+    gv = vmap(grad_and_value(f))
+    hs = vmap(hessian(f))
+
+    def fn(x):
+        g, v = gv(x)
+        return v, g, hs(x)
+
+    return Built(fn, lambda x: torch.asarray(x, dtype=tdt), lambda o: tuple(a.detach().numpy() for a in o))
+
+
+# -- TensorFlow --------------------------------------------------------------------------------
+
+
+def build_tf(jit: bool) -> Callable[[Spec, Any], Built]:
+    def build(spec: Spec, dtype: Any) -> Built:
+        import tensorflow as tf
+
+        tdt = tf.float64 if dtype == np.float64 else tf.float32
+        ops = []
+        for op in spec.cast(dtype):
+            if op[0] in ("dense", "res"):  # x (B, in) @ Wᵀ
+                op = (op[0], tf.constant(op[1].T), tf.constant(op[2]), *op[3:])
+            ops.append(op)
+        acts = {"tanh": tf.tanh, "logcosh": lambda z: z + tf.math.softplus(-2.0 * z) - LOG2}
+
+        def model(x):  # (B, d) -> (B,)
+            for op in ops:
+                if op[0] == "dense":
+                    x = tf.matmul(x, op[1]) + op[2]
+                elif op[0] == "act":
+                    x = acts[op[1]](x)
+                elif op[0] == "res":
+                    x = x + op[4] * acts[op[3]](tf.matmul(x, op[1]) + op[2])
+                else:
+                    x = tf.reduce_sum(x, axis=1)
+            return x
+
+        @tf.function(jit_compile=jit)
+        def run(x):
+            with tf.GradientTape() as outer:
+                outer.watch(x)
+                with tf.GradientTape() as inner:
+                    inner.watch(x)
+                    y = model(x)
+                g = inner.gradient(y, x)  # samples are independent: the per-sample gradients
+            return y, g, outer.batch_jacobian(g, x)
+
+        return Built(run, lambda x: tf.constant(np.asarray(x, dtype=dtype), dtype=tdt),
+                     lambda o: tuple(a.numpy() for a in o))
+
+    return build
+
+
+# -- hessQuik ----------------------------------------------------------------------------------
+
+HQ_BLOCK = 1000
+HQ_BYTES = 1 << 31  # working memory allowed to one hessQuik block
+
+
+def hq_block(spec: Spec, dtype: Any, forward: bool) -> int:
+    """Samples per hessQuik call: at most 1000, fewer when its per-sample tensors are big.
+
+    Forward mode carries ``(d, d, n)`` Hessians; backward mode builds ``(n_in, n_in, n_out)``
+    tensors for every layer (``w³`` for a hidden ``w × w`` layer).
+    """
+    item = np.dtype(dtype).itemsize
+    worst = 1
+    n = spec.d
+    for op in spec.ops:
+        if op[0] in ("dense", "res"):
+            o, i = op[1].shape
+            worst = max(worst, spec.d * spec.d * o if forward else i * i * o, spec.d * o)
+            n = o
+    del n
+    return int(max(1, min(HQ_BLOCK, HQ_BYTES // (6 * item * worst))))
+
+
+def build_hessquik(forward: bool) -> Callable[[Spec, Any], Built]:
+    def build(spec: Spec, dtype: Any) -> Built:
+        import hessQuik.activations as hq_act
+        import hessQuik.layers as hq_lay
+        import hessQuik.networks as hq_net
+        import torch
+
+        tdt = torch.float64 if dtype == np.float64 else torch.float32
+        acts = {"tanh": hq_act.tanhActivation, "logcosh": hq_act.antiTanhActivation}
+        # hessQuik's antiTanh is log(2 cosh z) = log cosh z + log 2: the constant offset of the
+        # features it feeds is cancelled in the biases downstream (exactly the same function).
+        shift = {"tanh": 0.0, "logcosh": LOG2}
+        layers, offset = [], np.zeros(spec.d)
+        ops = spec.ops
+        for k, op in enumerate(ops):
+            if op[0] == "dense":
+                W, b = op[1], op[2]
+                nxt = ops[k + 1] if k + 1 < len(ops) else ("sum",)
+                act = acts[nxt[1]]() if nxt[0] == "act" else hq_act.identityActivation()
+                layer = hq_lay.singleLayer(W.shape[1], W.shape[0], act=act, dtype=tdt)
+                _set(layer, W, b - W @ offset, tdt)
+                layers.append(layer)
+                offset = np.full(W.shape[0], shift[nxt[1]]) if nxt[0] == "act" else np.zeros(W.shape[0])
+            elif op[0] == "res":
+                W, b, act, h = op[1:]
+                layer = hq_lay.resnetLayer(W.shape[0], h=h, act=acts[act](), dtype=tdt)
+                _set(layer.layer, W, b - W @ offset, tdt)
+                layers.append(layer)
+                offset = offset + h * shift[act]
+            elif op[0] == "sum":
+                if layers[-1].dim_output() != 1:
+                    raise ValueError("hessQuik comparison needs a final dense layer of width 1")
+        net = hq_net.NN(*layers)
+        block = hq_block(spec, dtype, forward)
+
+        def fn(x):
+            vs, gs, hs = [], [], []
+            with torch.no_grad():
+                for start in range(0, x.shape[0], block):
+                    f, df, d2f = net(x[start : start + block], do_gradient=True, do_Hessian=True, forward_mode=forward)
+                    vs.append(f[:, 0])
+                    gs.append(df[:, :, 0])
+                    hs.append(d2f[:, :, :, 0])
+            return torch.cat(vs), torch.cat(gs), torch.cat(hs)
+
+        return Built(fn, lambda x: torch.asarray(x, dtype=tdt), lambda o: tuple(a.numpy() for a in o),
+                     note=f"blocks of {block}")
+
+    return build
+
+
+def _set(layer: Any, W: np.ndarray, b: np.ndarray, tdt: Any) -> None:
+    import torch
+
+    with torch.no_grad():
+        layer.K.copy_(torch.asarray(W.T.copy(), dtype=tdt))  # hessQuik: z = u @ K + b, K (in, out)
+        layer.b.copy_(torch.asarray(b, dtype=tdt))
+
+
+# -- registry ----------------------------------------------------------------------------------
+
+
+def _missing(module: str) -> str | None:
+    import importlib.util
+
+    return None if importlib.util.find_spec(module) is not None else "not installed"
+
+
+def make_systems() -> list[System]:
+    tf_missing = _missing("tensorflow")
+    return [
+        System("hessarray numpy (auto)", False, build_ha_numpy("auto")),
+        System("hessarray numpy (forward)", False, build_ha_numpy("forward")),
+        System("hessarray numpy (reverse)", False, build_ha_numpy("reverse")),
+        System("hessarray torch (auto)", False, build_ha_torch, _missing("torch")),
+        System("hessarray jax.jit (auto)", False, build_ha_jax, _missing("jax"), jit=True),
+        System("TensorFlow tf.function+XLA", True, build_tf(True), tf_missing, jit=True),
+        System("TensorFlow tf.function", True, build_tf(False), tf_missing, jit=True),
+        System("JAX jit(vmap(hessian))", True, build_jax, _missing("jax"), jit=True),
+        System("torch.func vmap(hessian)", True, build_torch_func, _missing("torch")),
+        System("hessQuik forward", True, build_hessquik(True), _missing("hessQuik")),
+        System("hessQuik backward", True, build_hessquik(False), _missing("hessQuik")),
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# Measuring
+# --------------------------------------------------------------------------------------------
+
+
+def rel_error(out: tuple, ref: tuple) -> float:
+    """Largest over (value, gradient, Hessian) of max|a - b| / max|b|."""
+    worst = 0.0
+    for a, b in zip(out, ref):
+        a = np.asarray(a, dtype=np.float64).reshape(b.shape)
+        scale = max(float(np.max(np.abs(b))), 1e-300)
+        worst = max(worst, float(np.max(np.abs(a - b))) / scale)
+    return worst
+
+
+def timed(fn: Fn, x: Any, number: int = 1) -> float:
+    """Seconds per call of ``fn(x)`` (``number`` calls in a row, garbage collector off)."""
+    gc.collect()
+    gc.disable()
+    try:
+        start = time.perf_counter()
+        for _ in range(number):
+            fn(x)
+        return (time.perf_counter() - start) / number
+    finally:
+        gc.enable()
+
+
+@dataclass
+class Row:
+    system: str
+    peer: bool
+    status: str = "ok"
+    seconds: float | None = None
+    samples: int = 0  # samples actually timed (extrapolated to the batch when fewer)
+    error: float | None = None
+    flops: float | None = None  # multiply-adds per sample (hessarray)
+    note: str = ""
+    times: list = field(default_factory=list)
+    repeats: int = 0
+
+
+@dataclass
+class Settings:
+    repeats: int = 5
+    max_repeats: int = 7
+    budget_s: float = 6.0  # timing time per system and case
+    max_call_s: float = 8.0  # slower calls are timed on fewer samples and scaled
+    min_measure_s: float = 0.02  # calls faster than this are looped
+    probe: int = 32
+
+
+def compare(
+    spec: Spec,
+    batch: int,
+    dtype: Any,
+    systems: list[System],
+    settings: Settings,
+    rtol: float,
+    seed: int = 1,
+    log: Callable[[str], None] = print,
+) -> list[Row]:
+    """Check every system against hessarray, then time them round-robin; one row each."""
+    rng = np.random.default_rng(seed)
+    x64 = rng.standard_normal((batch, spec.d))
+    x = x64.astype(dtype)
+    ref_model = ha_model(spec, np.float64)
+    ref = _np_out(tuple(ha.derivatives(ref_model, x.astype(np.float64))))
+    rows: list[Row] = []
+    live: list[tuple[Row, Built, Any, int]] = []
+    for system in systems:
+        row = Row(system.name, system.peer)
+        rows.append(row)
+        if system.missing:
+            row.status = system.missing
+            continue
+        try:
+            built = system.build(spec, dtype)
+            row.flops, row.note = built.flops, built.note
+            n = batch
+            if not system.jit and batch > settings.probe:
+                # A small probe first: some systems are far too slow (or big) for the batch.
+                xp_ = built.to_input(x[: settings.probe])
+                built.fn(xp_)
+                est = timed(built.fn, xp_) * batch / settings.probe
+                if est > settings.max_call_s:
+                    n = max(settings.probe, int(batch * settings.max_call_s / est))
+            xin = built.to_input(x[:n])
+            out = built.to_numpy(built.fn(xin))  # warm-up (and compilation)
+            row.error = rel_error(out, tuple(r[:n] for r in ref))
+            if not row.error <= rtol:
+                row.status = "MISMATCH"
+                log(f"  {system.name}: MISMATCH, relative error {row.error:.2e} > {rtol:g}")
+                continue
+            t = timed(built.fn, xin)
+            number = max(1, math.ceil(settings.min_measure_s / max(t, 1e-9)))
+            reps = int(min(settings.max_repeats, max(settings.repeats if t < 1 else 3, settings.budget_s // max(t, 1e-9))))
+            if n < batch:
+                row.note = (row.note + "; " if row.note else "") + f"timed on {n} samples, scaled"
+            row.samples = n
+            row.repeats = reps
+            live.append((row, built, xin, number))
+        except Exception as exc:  # a peer failing must not stop the comparison
+            row.status = f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+            log(f"  {system.name}: {row.status}")
+    rounds = max((r.repeats for r, *_ in live), default=0)
+    for k in range(rounds):
+        for row, built, xin, number in live:
+            if k < row.repeats:
+                row.times.append(timed(built.fn, xin, number) * batch / row.samples)
+    for row, *_ in live:
+        row.seconds = statistics.median(row.times)
+    return rows
+
+
+def fastest_peer(rows: list[Row]) -> Row | None:
+    peers = [r for r in rows if r.peer and r.seconds is not None]
+    return min(peers, key=lambda r: r.seconds) if peers else None
+
+
+# --------------------------------------------------------------------------------------------
+# Machine
+# --------------------------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def blas_info() -> str:
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "threadpoolctl not installed"
+    parts = []
+    for info in threadpool_info():
+        if info.get("user_api") == "blas":
+            parts.append(
+                f"{info.get('internal_api')} {info.get('version')} kernel={info.get('architecture')} "
+                f"threads={info.get('num_threads')} ({Path(info.get('filepath', '')).name})"
+            )
+    return "; ".join(parts) or "no BLAS found"
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version(), "hessarray": ha.__version__}
+    for dist in ("numpy", "array-api-compat", "torch", "jax", "jaxlib", "tensorflow", "hessQuik"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def matmul_rate(n: int, dtype: Any, repeats: int = 5) -> float:
+    """Median FLOP/s of an ``n × n`` matrix product (2 n³ FLOPs)."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n)).astype(dtype)
+    b = rng.standard_normal((n, n)).astype(dtype)
+    np.matmul(a, b)
+    return 2 * n**3 / statistics.median(timed(lambda _: np.matmul(a, b), None) for _ in range(repeats))
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+
+
+class Report:
+    def __init__(self) -> None:
+        self.md: list[str] = []
+
+    def out(self, text: str = "") -> None:
+        print(text, flush=True)
+        self.md.append(text)
+
+    def table(self, header: list[str], rows: list[list[str]]) -> None:
+        self.out("| " + " | ".join(header) + " |")
+        self.out("|" + "|".join("---" for _ in header) + "|")
+        for r in rows:
+            self.out("| " + " | ".join(r) + " |")
+        self.out()
+
+
+def fmt_s(s: float | None) -> str:
+    if s is None:
+        return "—"
+    if s < 1e-3:
+        return f"{s * 1e6:.0f} µs"
+    if s < 1:
+        return f"{s * 1e3:.1f} ms"
+    return f"{s:.2f} s"
+
+
+def case_table(rep: Report, rows: list[Row], batch: int, rate: float) -> None:
+    best = fastest_peer(rows)
+    body = []
+    for r in rows:
+        if r.seconds is None:
+            body.append([r.system, r.status, "", "", "", "", "", r.note])
+            continue
+        ratio = f"{best.seconds / r.seconds:.2f}×" if best else "—"
+        flops = gflops = frac = ""
+        if r.flops is not None:
+            total = 2 * r.flops * batch
+            flops = f"{total / 1e9:.3g} G"
+            gflops = f"{total / r.seconds / 1e9:.2f}"
+            frac = f"{total / r.seconds / rate:.1%}"
+        err = f"{r.error:.1e}" if r.error is not None else ""
+        body.append([r.system, fmt_s(r.seconds), ratio, flops, gflops, frac, err, r.note])
+    rep.table(
+        ["system", "median", "fastest peer / this", "FLOPs", "GFLOP/s", "of matmul peak", "rel. error", "note"],
+        body,
+    )
+
+
+def target_line(rows: list[Row], need: float) -> tuple[str, str, str]:
+    ha_row = next((r for r in rows if r.system == "hessarray numpy (auto)"), None)
+    best = fastest_peer(rows)
+    if ha_row is None or ha_row.seconds is None or best is None:
+        return "—", "—", "not measured"
+    speed = best.seconds / ha_row.seconds
+    return f"{speed:.2f}× (vs {best.system})", f"≥ {need:g}×", "met" if speed >= need else "missed"
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------
+
+FULL_CASES = [  # name, label, d, width, batch, target speed-up over the fastest peer
+    ("pinn", "PINN-like", 2, 64, 10_000, 2.0),
+    ("mid", "mid", 10, 256, 2_000, 1.5),
+    ("wide", "wide input", 50, 64, 1_000, 1.0),
+]
+QUICK_CASES = [
+    ("pinn", "PINN-like", 2, 8, 200, 2.0),
+    ("mid", "mid", 4, 16, 100, 1.5),
+    ("wide", "wide input", 12, 8, 50, 1.0),
+]
+
+
+def main_cases(rep: Report, cfg: argparse.Namespace, systems: list[System], rates: dict, st: Settings) -> dict:
+    cases = QUICK_CASES if cfg.quick else FULL_CASES
+    targets, kept = [], {}
+    rep.out("## Input Hessian, gradient and value of a tanh MLP")
+    rep.out()
+    rep.out(
+        "Model: dense d→w, tanh, 3 × (dense w→w, tanh), dense w→1, Sum; the same random weights in "
+        "every system. Times are medians of round-robin repeats, extrapolated to the whole batch where "
+        "noted. \"fastest peer / this\" > 1 means faster than the fastest non-hessarray system. FLOPs are "
+        "those of the algorithm hessarray's plan runs (2 × multiply-adds); GFLOP/s is compared with this "
+        "machine's large matrix-product rate measured in the same run."
+    )
+    rep.out()
+    for key, label, d, w, batch, need in cases:
+        if key not in cfg.cases:
+            continue
+        spec = mlp_spec(d, w)
+        for dtype in cfg.dtypes:
+            rtol = 1e-10 if dtype == np.float64 else 1e-3
+            rep.out(f"### {label}: d={d}, width {w}, batch {batch}, {np.dtype(dtype).name}")
+            rep.out()
+            print(f"  (checking to relative {rtol:g}, timing ...)", flush=True)
+            rows = compare(spec, batch, dtype, systems, st, rtol)
+            case_table(rep, rows, batch, rates[np.dtype(dtype).name])
+            speed, goal, verdict = target_line(rows, need)
+            targets.append([f"{label} (d={d}, w={w}, B={batch}) {np.dtype(dtype).name}", goal, speed, verdict])
+            kept[(key, np.dtype(dtype).name)] = rows
+    if targets:
+        rep.out("### Targets (hessarray on NumPy, mode auto, vs the fastest peer)")
+        rep.out()
+        rep.table(["case", "target", "measured", "verdict"], targets)
+    return kept
+
+
+def hessquik_cases(rep: Report, cfg: argparse.Namespace, systems: list[System], st: Settings) -> None:
+    rep.out("## hessQuik's setting: residual network of width 16, batch 10")
+    rep.out()
+    rep.out(
+        "Model: dense d→16, activation (log cosh, or tanh), 4 × residual block x + 0.5·tanh(W x + b), "
+        "dense 16→1 (+Sum), as in hessQuik's `utils.timing.setup_resnet`. hessQuik's log-cosh activation "
+        "(`antiTanhActivation`) is log(2 cosh z); its biases are shifted so the function is identical."
+    )
+    rep.out()
+    chosen = [s for s in systems if s.name in (
+        "hessarray numpy (auto)", "hessarray torch (auto)", "hessarray jax.jit (auto)", "JAX jit(vmap(hessian))",
+        "TensorFlow tf.function+XLA", "torch.func vmap(hessian)", "hessQuik forward", "hessQuik backward")]
+    summary = []
+    batch = 10
+    for first in ("logcosh", "tanh"):
+        for d in (2, 64) if not cfg.quick else (2, 8):
+            spec = resnet_spec(d, first)
+            for dtype in cfg.dtypes:
+                rtol = 1e-10 if dtype == np.float64 else 1e-3
+                rep.out(f"### d={d}, first activation {first}, {np.dtype(dtype).name}")
+                rep.out()
+                rows = compare(spec, batch, dtype, chosen, st, rtol)
+                case_table(rep, rows, batch, cfg.rates[np.dtype(dtype).name])
+                ha_row = rows[0]
+                hq = [r for r in rows if r.system.startswith("hessQuik") and r.seconds is not None]
+                jx = next((r for r in rows if r.system.startswith("JAX") and r.seconds is not None), None)
+                if ha_row.seconds is None:
+                    continue
+                hq_best = min(hq, key=lambda r: r.seconds) if hq else None
+                vs_hq = hq_best.seconds / ha_row.seconds if hq_best else None
+                summary.append([
+                    f"d={d}, {first}, {np.dtype(dtype).name}",
+                    fmt_s(ha_row.seconds),
+                    f"{vs_hq:.1f}× (vs {hq_best.system})" if hq_best else "hessQuik not run",
+                    f"{jx.seconds / ha_row.seconds:.2f}×" if jx else "—",
+                    "≥ 5×",
+                    ("met" if vs_hq >= 5 else "missed") if vs_hq is not None else "—",
+                ])
+    if summary:
+        rep.out("### Targets (hessarray on NumPy vs hessQuik's faster mode)")
+        rep.out()
+        rep.table(["case", "hessarray", "hessQuik / hessarray", "JAX / hessarray", "target", "verdict"], summary)
+
+
+def mode_grid(rep: Report, cfg: argparse.Namespace) -> None:
+    ds = (1, 2, 5, 10, 20, 50, 100) if not cfg.quick else (1, 5)
+    widths = (16, 64, 256) if not cfg.quick else (8,)
+    target = 0.025 if not cfg.quick else 0.005
+    rep.out("## mode=\"auto\" against the better of forward and reverse")
+    rep.out()
+    rep.out(
+        "Same MLP (depth 4), float64, NumPy. The batch is chosen so that an `auto` call takes about "
+        f"{target * 1e3:.0f} ms. Ratio = time(auto) / min(time(forward), time(reverse)); target ≤ 1.10 "
+        "(values slightly above 1 with auto = the faster mode are timing noise)."
+    )
+    rep.out()
+    body, worst = [], 0.0
+    rng = np.random.default_rng(2)
+    for w in widths:
+        for d in ds:
+            spec = mlp_spec(d, w)
+            model = ha_model(spec, np.float64)
+            batch = 32
+            for _ in range(3):  # calibrate the batch size on the auto call
+                x = rng.standard_normal((batch, d))
+                ha.derivatives(model, x)
+                t = statistics.median(timed(lambda x: ha.derivatives(model, x), x) for _ in range(3))
+                new = int(min(50_000, max(16, batch * target / t)))
+                if 0.7 < new / batch < 1.4:
+                    break
+                batch = new
+            x = rng.standard_normal((batch, d))
+            fns = {m: (lambda x, m=m: ha.derivatives(model, x, mode=m)) for m in ("auto", "forward", "reverse")}
+            first = {m: timed(f, x) for m, f in fns.items()}
+            times: dict[str, list[float]] = {m: [] for m in fns}
+            for k in range(5):
+                for m, f in fns.items():
+                    if k < 2 or first[m] < 0.3:  # a clearly slower mode needs fewer repeats
+                        times[m].append(timed(f, x))
+            med = {m: statistics.median(v) for m, v in times.items()}
+            chosen = ha.plan(model, x).mode
+            faster = "forward" if med["forward"] <= med["reverse"] else "reverse"
+            ratio = med["auto"] / min(med["forward"], med["reverse"])
+            worst = max(worst, ratio)
+            body.append([str(d), str(w), str(batch), chosen, faster, fmt_s(med["auto"]), fmt_s(med["forward"]),
+                         fmt_s(med["reverse"]), f"{ratio:.2f}", "ok" if ratio <= 1.10 else "MISSED"])
+            print(f"  d={d} w={w} B={batch}: auto={chosen} faster={faster} ratio={ratio:.2f}", flush=True)
+    rep.table(["d", "width", "batch", "auto picks", "faster", "auto", "forward", "reverse", "auto / best", "≤ 1.10"],
+              body)
+    rep.out(f"Worst auto / best: **{worst:.2f}** (target ≤ 1.10: {'met' if worst <= 1.10 else 'missed'}).")
+    rep.out()
+
+
+def memory(rep: Report, cfg: argparse.Namespace) -> None:
+    cases = [(label, mlp_spec(d, w), b) for key, label, d, w, b, _ in (QUICK_CASES if cfg.quick else FULL_CASES)]
+    cases += [("hessQuik setting", resnet_spec(2 if cfg.quick else 64, "logcosh"), 10)]
+    rep.out("## Peak memory of the end-to-end call (NumPy, float64, tracemalloc)")
+    rep.out()
+    rep.out(
+        "Peak of NumPy allocations during `ha.derivatives(model, x)` (tracemalloc traces NumPy's "
+        "buffers; BLAS scratch space is not counted), above what was allocated before the call, "
+        "against the bytes of the returned value + gradient + Hessian."
+    )
+    rep.out()
+    body = []
+    rng = np.random.default_rng(3)
+    for label, spec, batch in cases:
+        model = ha_model(spec, np.float64)
+        x = rng.standard_normal((batch, spec.d))
+        for mode in ("auto", "forward", "reverse"):
+            plan = ha.plan(model, x, mode=mode)
+            if mode != "auto" and cfg.quick:
+                continue
+            est = plan.flops[plan.mode] * batch
+            if mode != "auto" and est > 3e9:  # too slow to run again under tracemalloc
+                continue
+            gc.collect()
+            tracemalloc.start()
+            try:
+                base = tracemalloc.get_traced_memory()[0]
+                out = ha.derivatives(model, x, mode=mode)
+                peak = tracemalloc.get_traced_memory()[1] - base
+            finally:
+                tracemalloc.stop()
+            size = sum(a.nbytes for a in out)
+            body.append([f"{label} d={spec.d} w={spec.width} B={batch}", mode, plan.mode, str(plan.chunk_size),
+                         f"{size / 2**20:.2f} MiB", f"{peak / 2**20:.2f} MiB", f"{peak / size:.2f}"])
+            del out
+    rep.table(["case", "mode", "runs", "block", "outputs", "peak", "peak / outputs"], body)
+
+
+def batch_plot(rep: Report, cfg: argparse.Namespace, systems: list[System], st: Settings, kept: dict) -> None:
+    key, label, d, w, big, _ = (QUICK_CASES if cfg.quick else FULL_CASES)[0]
+    sizes = [10, 100, 1000, big] if not cfg.quick else [10, 50, big]
+    spec = mlp_spec(d, w)
+    plotted = [s for s in systems if s.name != "hessarray numpy (reverse)"]
+    results: dict[str, dict[int, float]] = {s.name: {} for s in plotted}
+    quick_st = Settings(repeats=3, max_repeats=3, budget_s=2.0, max_call_s=st.max_call_s, min_measure_s=0.02)
+    for batch in sizes:
+        rows = kept.get((key, "float64")) if batch == big else None
+        if rows is None:
+            print(f"  batch {batch} ...", flush=True)
+            rows = compare(spec, batch, np.float64, plotted, quick_st, 1e-10)
+        for r in rows:
+            if r.seconds is not None and r.system in results:
+                results[r.system][batch] = r.seconds
+    rep.out(f"## Time against batch size ({label}: d={d}, width {w}, float64)")
+    rep.out()
+    names = [n for n, v in results.items() if v]
+    rep.table(["system"] + [str(b) for b in sizes],
+              [[n] + [fmt_s(results[n].get(b)) for b in sizes] for n in names])
+    if cfg.write:
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            rep.out("(matplotlib not installed: no plot)")
+            return
+        fig, ax = plt.subplots(figsize=(7.5, 5))
+        for n in names:
+            bs = sorted(results[n])
+            style = "-o" if n.startswith("hessarray") else "--s"
+            ax.loglog(bs, [results[n][b] for b in bs], style, label=n, lw=2 if n.startswith("hessarray") else 1)
+        ax.set_xlabel("batch size (samples)")
+        ax.set_ylabel("seconds per call (value + gradient + Hessian)")
+        ax.set_title(f"{label}: tanh MLP d={d}, width {w}, depth 4, float64")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(cfg.plot, dpi=110)
+        plt.close(fig)
+        rep.out(f"![time against batch size]({Path(cfg.plot).name})")
+        rep.out()
+
+
+# --------------------------------------------------------------------------------------------
+
+
+ALL_CASES = ["pinn", "mid", "wide", "hessquik", "modegrid", "memory", "batchplot"]
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny sizes, few repeats: a smoke test (< 1 minute)")
+    p.add_argument("--cases", nargs="+", choices=ALL_CASES, default=ALL_CASES, help="sections to run (default: all)")
+    p.add_argument("--systems", nargs="+", metavar="SUBSTRING",
+                   help="only systems whose name contains one of these (hessarray numpy (auto) is always run)")
+    p.add_argument("--dtypes", nargs="+", choices=["float64", "float32"], default=["float64", "float32"])
+    p.add_argument("--write", action=argparse.BooleanOptionalAction, default=None,
+                   help="write docs/benchmarks.md and the plot (default: only for a full run of every case)")
+    p.add_argument("--markdown", default=str(REPO / "docs" / "benchmarks.md"))
+    p.add_argument("--plot", default=str(REPO / "docs" / "benchmarks_batch.png"))
+    cfg = p.parse_args(argv)
+    cfg.dtypes = [np.float64 if t == "float64" else np.float32 for t in cfg.dtypes]
+    if cfg.write is None:
+        cfg.write = not cfg.quick and set(cfg.cases) == set(ALL_CASES) and not cfg.systems
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse(argv)
+    start = time.perf_counter()
+    try:
+        import jax
+
+        jax.config.update("jax_enable_x64", True)  # float64 in JAX (float32 inputs stay float32)
+    except ImportError:
+        pass
+    systems = make_systems()
+    if cfg.systems:
+        systems = [s for s in systems if s.name == "hessarray numpy (auto)" or any(k in s.name for k in cfg.systems)]
+    st = Settings(repeats=2, max_repeats=2, budget_s=0.5, max_call_s=2.0, probe=16) if cfg.quick else Settings()
+
+    rep = Report()
+    rep.out("# Benchmarks: hessarray against other Hessian systems")
+    rep.out()
+    rep.out(f"Generated by `asv_bench/compare.py` on {time.strftime('%Y-%m-%d %H:%M')}. Exact command:")
+    rep.out()
+    cmd = " ".join(shlex.quote(a) for a in sys.argv)
+    unset = [v for v in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if v not in os.environ]
+    prefix = "env " + " ".join(f"-u {v}" for v in unset) + " " if unset else ""
+    rep.out("```bash")
+    rep.out(f"{prefix}python {cmd}")
+    rep.out("```")
+    rep.out()
+    n = 2000 if not cfg.quick else 400
+    rates = {"float64": matmul_rate(n, np.float64), "float32": matmul_rate(n, np.float32)}
+    cfg.rates = rates
+    rep.out("## Machine")
+    rep.out()
+    info = [
+        ["CPU", cpu_model()],
+        ["cores (os.cpu_count)", str(os.cpu_count())],
+        ["BLAS (threadpoolctl)", blas_info()],
+        ["OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE in environment",
+         f"{os.environ.get('OPENBLAS_CORETYPE', 'unset')} / {os.environ.get('OPENBLAS_L2_SIZE', 'unset')}"],
+        [f"np.matmul {n}×{n} float64", f"{rates['float64'] / 1e9:.1f} GFLOP/s"],
+        [f"np.matmul {n}×{n} float32", f"{rates['float32'] / 1e9:.1f} GFLOP/s"],
+    ]
+    info += [[f"{k} version", v] for k, v in versions().items()]
+    rep.table(["", ""], info)
+    missing = [f"{s.name}: {s.missing}" for s in systems if s.missing]
+    if missing:
+        rep.out("Not run: " + "; ".join(missing) + ".")
+        rep.out()
+    rep.out(
+        "The machine is shared and noisy: ratios measured in one run are the meaningful numbers. "
+        "Checks before timing: relative error ≤ 1e-10 against hessarray in float64, ≤ 1e-3 in float32 "
+        "(against hessarray's float64 result)."
+    )
+    rep.out()
+
+    kept: dict = {}
+    if any(c in cfg.cases for c in ("pinn", "mid", "wide")):
+        kept = main_cases(rep, cfg, systems, rates, st)
+    if "hessquik" in cfg.cases:
+        hessquik_cases(rep, cfg, systems, st)
+    if "modegrid" in cfg.cases:
+        mode_grid(rep, cfg)
+    if "memory" in cfg.cases:
+        memory(rep, cfg)
+    if "batchplot" in cfg.cases:
+        batch_plot(rep, cfg, systems, st, kept)
+    rep.out(f"Total run time: {time.perf_counter() - start:.0f} s.")
+    if cfg.write:
+        Path(cfg.markdown).write_text("\n".join(rep.md) + "\n")
+        print(f"wrote {cfg.markdown}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
