@@ -117,7 +117,7 @@ class Sequential:
     def __call__(self, x: Array) -> Array:
         """The model's output, ``(batch,)`` + ``o`` (``o = ()`` for scalar models)."""
         _, x2, single = self.prepare(x)
-        _, y, _ = forward_chain(self.layers, x2)
+        _, y = forward_chain(self.layers, x2)
         if self.scalar_output:
             y = y[:, 0]
         return y[0, ...] if single else y

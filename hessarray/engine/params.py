@@ -33,7 +33,7 @@ def parameter_derivatives(
     ``(B, m)``, ``(B, m, *shape)`` and ``(B, m, *shape, *shape)``; otherwise everything is
     summed over the batch and outputs: ``()``, ``shape`` and ``shape + shape``.
     """
-    steps, _, _ = forward_chain(layers[: index + 1], x)
+    steps, _ = forward_chain(layers[: index + 1], x)
     step = steps[index]
     owner, cache, local, y_owner, downstream = step.layer.param_owner(step.cache, name, step.y)
     chain = downstream + list(layers[index + 1 :])

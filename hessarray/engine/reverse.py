@@ -17,7 +17,7 @@ def reverse_mode(layers: list[Layer], x: Any, hessian: bool) -> tuple[Any, Any, 
     """Value ``(B, m)``, Jacobian ``(B, m, d)`` and Hessian ``(B, m, d, d)`` (or ``None``)."""
     xp = array_namespace(x)
     batch, d = x.shape
-    steps, y, _ = forward_chain(layers, x)
+    steps, y = forward_chain(layers, x)
     m = y.shape[1]
     g = identity_seed(xp, batch, m, x)
     if not hessian:

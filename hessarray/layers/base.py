@@ -39,13 +39,13 @@ class Step(NamedTuple):
 class Layer:
     """Base class and contract of a layer ``y = φ(x)`` applied to every sample of a batch.
 
-    Subclasses override :meth:`forward`, :meth:`pull` and, when ``φ`` is not linear,
-    :meth:`curvature` and :meth:`pull_hessian`. Layers are immutable after construction: all
+    Subclasses override :meth:`forward`, :meth:`push`, :meth:`pull` and
+    :meth:`pull_hessian`. Layers are immutable after construction: all
     per-call state lives in the ``cache`` that :meth:`forward` returns.
     """
 
     #: ``False`` when every second derivative of the layer vanishes (dense maps, ReLU, ...):
-    #: the engine then skips :meth:`curvature`.
+    #: the engine then needs no adjoints below it.
     has_curvature: bool = True
     #: Width the layer requires of its input, or ``None`` when any width will do.
     in_width: int | None = None
@@ -58,15 +58,29 @@ class Layer:
         return n_in
 
     # -- first order ----------------------------------------------------------------------
-    def forward(self, x: Array, t: Array | None = None) -> tuple[Array, Array | None, Any]:
-        """Evaluate the layer on ``x`` (and push tangents ``t`` if given).
+    def forward(self, x: Array) -> tuple[Array, Any]:
+        """Evaluate the layer on ``x`` of shape ``(B, n_in)``.
 
-        Returns
-        -------
-        y : array, shape (B, n_out)
-        t_out : array, shape (B, k, n_out), or None when ``t`` is None
+        Returns ``(y, cache)``: the output ``(B, n_out)`` and whatever :meth:`push`,
+        :meth:`pull` and :meth:`pull_hessian` need later (local derivatives, inputs).
+        """
+        raise NotImplementedError
+
+    def push(self, cache: Any, t: Array, g: Array | None = None) -> tuple[Array, list[tuple[Array, Array]]]:
+        """Push tangents ``t`` ``(B, k, n_in) -> (B, k, n_out)``; with adjoints, the curvature.
+
+        Parameters
+        ----------
         cache : object
-            Whatever :meth:`pull`, :meth:`curvature` and :meth:`pull_hessian` need later.
+            From :meth:`forward`.
+        t : array, shape (B, k, n_in)
+            Tangents entering the layer.
+        g : array, shape (B, m, n_out), optional
+            Adjoints at the layer output. When given, also return the factors of
+            ``tᵀ (Σ_j g_j ∇²y_j) t``: pairs ``(L, R)`` of shapes ``(B, m, k, r)`` and
+            ``(B, k, r)`` whose products ``L @ Rᵀ`` sum to it. An elementwise layer returns
+            ``[(t·(g φ''), t)]``, so no ``(n, n)`` diagonal, let alone an ``(n, n, n)`` tensor,
+            is formed. A layer without curvature returns ``[]``.
         """
         raise NotImplementedError
 
@@ -74,17 +88,7 @@ class Layer:
         """Vector-Jacobian products: ``(B, M, n_out) -> (B, M, n_in)``, ``g ∂y/∂x``."""
         raise NotImplementedError
 
-    # -- second order -------------------------------------------------------------------
-    def curvature(self, cache: Any, g: Array) -> list[tuple[Array, Array]]:
-        """Factors of ``tᵀ (Σ_j g_j ∇²y_j) t`` for the tangents given to :meth:`forward`.
-
-        The sum over returned pairs of ``L @ Rᵀ`` (per sample and output) is the curvature
-        this layer adds to the Hessian of the outputs with respect to the tangent seed. A
-        layer without curvature returns ``[]``; an elementwise one returns ``[(t·(g φ''), t)]``, so the
-        ``(B, n, n)`` diagonal curvature is never formed.
-        """
-        return []
-
+    # -- second order ---------------------------------------------------------------------
     def pull_hessian(self, cache: Any, g: Array, h: Array | None) -> Array | None:
         """``Jᵀ h J + Σ_j g_j ∇²y_j``: ``(B, m, n_out, n_out) -> (B, m, n_in, n_in)``.
 
@@ -156,14 +160,26 @@ class Layer:
 # one place that does so.
 
 
-def forward_chain(layers: list[Layer], x: Array, t: Array | None = None) -> tuple[list[Step], Array, Array | None]:
-    """Run ``layers`` on ``x`` (pushing tangents ``t``); return the steps, output and tangents."""
+def forward_chain(layers: list[Layer], x: Array) -> tuple[list[Step], Array]:
+    """Run ``layers`` on ``x``; return the evaluated steps and the output."""
     steps = []
     for layer in layers:
-        y, t, cache = layer.forward(x, t)
+        y, cache = layer.forward(x)
         steps.append(Step(layer, cache, y))
         x = y
-    return steps, x, t
+    return steps, x
+
+
+def push_chain(
+    steps: list[Step], t: Array, g_out: list[Array | None] | None = None
+) -> tuple[Array, list[tuple[Array, Array]]]:
+    """Push tangents through ``steps``; with the adjoints at each step's output, also
+    collect every step's curvature factors."""
+    factors: list[tuple[Array, Array]] = []
+    for i, step in enumerate(steps):
+        t, f = step.layer.push(step.cache, t, None if g_out is None else g_out[i])
+        factors.extend(f)
+    return t, factors
 
 
 def pull_chain(steps: list[Step], g: Array) -> Array:
@@ -183,15 +199,6 @@ def adjoints(steps: list[Step], g: Array) -> list[Array]:
         at_output.append(step.layer.pull(step.cache, at_output[-1]))
     at_output.reverse()
     return at_output
-
-
-def curvature_chain(steps: list[Step], g_out: list[Array]) -> list[tuple[Array, Array]]:
-    """All curvature factors of ``steps`` given the adjoints at each step's output."""
-    factors: list[tuple[Array, Array]] = []
-    for step, g in zip(steps, g_out):
-        if step.layer.has_curvature:
-            factors.extend(step.layer.curvature(step.cache, g))
-    return factors
 
 
 def pull_hessian_chain(steps: list[Step], g: Array, h: Array | None) -> tuple[Array, Array | None]:
@@ -214,10 +221,10 @@ __all__ = [
     "Layer",
     "Step",
     "adjoints",
-    "curvature_chain",
     "forward_chain",
     "matmul_last",
     "pull_chain",
     "pull_hessian_chain",
     "pull_rows",
+    "push_chain",
 ]

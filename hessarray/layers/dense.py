@@ -66,19 +66,17 @@ class Dense(Layer):
         return params
 
     # -- first order ----------------------------------------------------------------------
-    def forward(self, x: Array, t: Array | None = None) -> tuple[Array, Array | None, Any]:
+    def forward(self, x: Array) -> tuple[Array, Any]:
         xp = array_namespace(x)
         w = cast_like(xp, self.weight, x)
-        wt = w.T
-        if t is None:
-            y = xp.matmul(x, wt)
-        else:
-            # Value and tangents share one GEMM: stack x as tangent row 0.
-            s = matmul_last(xp, xp.concat([x[:, None, :], t], axis=1), wt)
-            y, t = s[:, 0, :], s[:, 1:, :]
+        y = xp.matmul(x, w.T)
         if self._b is not None:
             y = y + cast_like(xp, self._b, x)
-        return y, t, (x, w)
+        return y, (x, w)
+
+    def push(self, cache: Any, t: Array, g: Array | None = None) -> tuple[Array, list]:
+        _, w = cache
+        return matmul_last(array_namespace(t), t, w.T), []
 
     def pull(self, cache: Any, g: Array) -> Array:
         _, w = cache

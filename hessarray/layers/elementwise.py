@@ -22,22 +22,23 @@ class Activation(Layer):
         """``(φ(z), φ'(z), φ''(z))`` for an array ``z``, elementwise."""
         raise NotImplementedError
 
-    def forward(self, x: Array, t: Array | None = None) -> tuple[Array, Array | None, Any]:
-        xp = array_namespace(x)
-        f, df, d2f = self.derivatives(xp, x)
-        t_out = None if t is None else df[:, None, :] * t
-        return f, t_out, (df, d2f, t)
+    def forward(self, x: Array) -> tuple[Array, Any]:
+        f, df, d2f = self.derivatives(array_namespace(x), x)
+        return f, (df, d2f)
+
+    def push(self, cache: Any, t: Array, g: Array | None = None) -> tuple[Array, list]:
+        df, d2f = cache
+        t_out = df[:, None, :] * t
+        if g is None or not self.has_curvature:
+            return t_out, []
+        c = g * d2f[:, None, :]  # (B, m, n): Σ_j g_j ∂²y_j/∂x_n², the diagonal curvature
+        return t_out, [(t[:, None, :, :] * c[:, :, None, :], t)]
 
     def pull(self, cache: Any, g: Array) -> Array:
         return g * cache[0][:, None, :]
 
-    def curvature(self, cache: Any, g: Array) -> list[tuple[Array, Array]]:
-        _, d2f, t = cache
-        c = g * d2f[:, None, :]  # (B, m, n): Σ_j g_j ∂²y_j/∂x_n² (diagonal)
-        return [(t[:, None, :, :] * c[:, :, None, :], t)]
-
     def pull_hessian(self, cache: Any, g: Array, h: Array | None) -> Array | None:
-        df, d2f, _ = cache
+        df, d2f = cache
         xp = array_namespace(g)
         out = None
         if self.has_curvature:

@@ -24,11 +24,20 @@ class Reduction(Layer):
     def evaluate(self, xp: Any, x: Array) -> tuple[Array, Array, Any]:
         raise NotImplementedError
 
-    def forward(self, x: Array, t: Array | None = None) -> tuple[Array, Array | None, Any]:
-        xp = array_namespace(x)
-        value, grad, curv = self.evaluate(xp, x)
-        t_out = None if t is None else xp.matmul(t, grad[:, :, None])  # (B, k, 1)
-        return value[:, None], t_out, (grad, curv, t)
+    def forward(self, x: Array) -> tuple[Array, Any]:
+        value, grad, curv = self.evaluate(array_namespace(x), x)
+        return value[:, None], (grad, curv)
+
+    def push(self, cache: Any, t: Array, g: Array | None = None) -> tuple[Array, list]:
+        grad, curv = cache
+        t_out = array_namespace(t).matmul(t, grad[:, :, None])  # (B, k, 1)
+        if g is None or not self.has_curvature:
+            return t_out, []
+        return t_out, self.curvature(curv, t, g[:, :, 0])
+
+    def curvature(self, curv: Any, t: Array, c: Array) -> list[tuple[Array, Array]]:
+        """Factors of ``tᵀ (c ∇²ℓ) t`` for per-output weights ``c`` of shape ``(B, m)``."""
+        raise NotImplementedError
 
     def pull(self, cache: Any, g: Array) -> Array:
         return g * cache[0][:, None, :]  # (B, M, 1) * (B, 1, n)
@@ -117,16 +126,14 @@ class MSELoss(_Targeted):
         n = x.shape[1]
         return xp.mean(r * r, axis=1), (2.0 / n) * r, 2.0 / n
 
-    def curvature(self, cache, g):
-        _, scale, t = cache
-        c = scale * g[:, :, 0]  # the Hessian is scale·I
+    def curvature(self, curv, t, c):
+        c = curv * c  # the Hessian is curv·I
         return [(t[:, None, :, :] * c[:, :, None, None], t)]
 
     def hessian(self, cache, c):
-        _, scale, _ = cache
+        grad, scale = cache
         xp = array_namespace(c)
-        n = cache[0].shape[1]
-        return (scale * c)[:, :, None, None] * xp.eye(n, dtype=c.dtype, device=device(c))
+        return (scale * c)[:, :, None, None] * xp.eye(grad.shape[1], dtype=c.dtype, device=device(c))
 
     def __repr__(self):
         return f"MSELoss(target {tuple(self.target.shape)})"
@@ -184,20 +191,20 @@ class SoftmaxCrossEntropy(_Targeted):
         value = mass * lse[:, 0] - xp.sum(t * x, axis=1)
         return value, mass[:, None] * p - t, (p, mass)
 
-    def curvature(self, cache, g):
-        _, (p, mass), t = cache
-        xp = array_namespace(g)
-        c = g[:, :, 0] * mass[:, None]  # (B, m)
+    def curvature(self, curv, t, c):
+        p, mass = curv
+        xp = array_namespace(t)
+        c = c * mass[:, None]  # (B, m)
         tp = xp.matmul(t, p[:, :, None])  # (B, k, 1)
         diag = t[:, None, :, :] * (c[:, :, None, None] * p[:, None, None, :])
         rank1 = -(tp[:, None, :, :] * c[:, :, None, None])
         return [(diag, t), (rank1, tp)]
 
     def hessian(self, cache, c):
-        _, (p, mass), _ = cache
+        _, (p, mass) = cache
         xp = array_namespace(c)
         s = (c * mass[:, None])[:, :, None, None]
-        return s * (diag_embed(xp, p)[:, None] - p[:, None, :, None] * p[:, None, None, :])
+        return s * (diag_embed(xp, p)[:, None, ...] - p[:, None, :, None] * p[:, None, None, :])
 
     def __repr__(self):
         return f"SoftmaxCrossEntropy(labels {tuple(self.target.shape)})"

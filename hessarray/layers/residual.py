@@ -9,11 +9,11 @@ from .base import (
     Array,
     Layer,
     adjoints,
-    curvature_chain,
     forward_chain,
     pull_chain,
     pull_hessian_chain,
     pull_rows,
+    push_chain,
 )
 
 
@@ -61,20 +61,19 @@ class Residual(Layer):
             raise ValueError(f"residual block maps width {n_in} to {n}; it must preserve the width")
         return n_in
 
-    def forward(self, x: Array, t: Array | None = None) -> tuple[Array, Array | None, Any]:
-        steps, u, tu = forward_chain(self.layers, x, t)
-        y = x + self.h * u
-        t_out = None if t is None else t + self.h * tu
-        return y, t_out, (x, steps)
+    def forward(self, x: Array) -> tuple[Array, Any]:
+        steps, u = forward_chain(self.layers, x)
+        return x + self.h * u, (x, steps)
+
+    def push(self, cache: Any, t: Array, g: Array | None = None) -> tuple[Array, list]:
+        _, steps = cache
+        inner_g = None if g is None else adjoints(steps, self.h * g)
+        tu, factors = push_chain(steps, t, inner_g)
+        return t + self.h * tu, factors
 
     def pull(self, cache: Any, g: Array) -> Array:
         _, steps = cache
-        inner = pull_chain(steps, self.h * g)
-        return g + inner
-
-    def curvature(self, cache: Any, g: Array) -> list[tuple[Array, Array]]:
-        _, steps = cache
-        return curvature_chain(steps, adjoints(steps, self.h * g))
+        return g + pull_chain(steps, self.h * g)
 
     def pull_hessian(self, cache: Any, g: Array, h: Array | None) -> Array | None:
         # y = x + s·B(x):  H_x = H + s(H J_B + J_Bᵀ H) + s² J_Bᵀ H J_B + s Σ g ∇²B.
@@ -142,8 +141,11 @@ class Skip(Layer):
     def __init__(self, x0: Array, h: float) -> None:
         self.x0, self.h = x0, h
 
-    def forward(self, x: Array, t: Array | None = None) -> tuple[Array, Array | None, Any]:
-        return self.x0 + self.h * x, None if t is None else self.h * t, None
+    def forward(self, x: Array) -> tuple[Array, Any]:
+        return self.x0 + self.h * x, None
+
+    def push(self, cache: Any, t: Array, g: Array | None = None) -> tuple[Array, list]:
+        return self.h * t, []
 
     def pull(self, cache: Any, g: Array) -> Array:
         return self.h * g
