@@ -11,7 +11,17 @@ ask for derivatives; results come back as arrays of the same kind, dtype and dev
 (100, 2, 2)
 """
 
-from .api import Derivatives, derivatives, gradient, hessian, jacobian, plan
+from .api import (
+    Derivatives,
+    derivatives,
+    gradient,
+    hessian,
+    hessian_diagonal,
+    hvp,
+    jacobian,
+    laplacian,
+    plan,
+)
 from .engine.plan import Plan
 from .layers import (
     ELU,
@@ -68,6 +78,9 @@ __all__ = [
     "derivatives",
     "gradient",
     "hessian",
+    "hessian_diagonal",
+    "hvp",
     "jacobian",
+    "laplacian",
     "plan",
 ]

@@ -11,13 +11,25 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from . import engine
 from .engine import input_derivatives, make_plan, param_derivatives
+from .engine.batching import map_blocks
 from .engine.plan import Plan, check_mode
 from .model import Sequential
 
 Array = Any
 
-__all__ = ["Derivatives", "derivatives", "gradient", "hessian", "jacobian", "plan"]
+__all__ = [
+    "Derivatives",
+    "derivatives",
+    "gradient",
+    "hessian",
+    "hessian_diagonal",
+    "hvp",
+    "jacobian",
+    "laplacian",
+    "plan",
+]
 
 
 class Derivatives(NamedTuple):
@@ -49,11 +61,22 @@ def _compute(model, x, wrt, mode, per_sample, chunk_size, hessian) -> Derivative
         out = param_derivatives(model.layers, x2, xp, index, name, args, hessian, per_sample)
         keep_batch = per_sample
     if keep_batch:
-        # (B, m, ...) -> (B, ...) for scalar models; drop the batch axis for 1-D x.
-        out = tuple(None if a is None else (a[:, 0, ...] if scalar else a) for a in out)
-        if single:
-            out = tuple(None if a is None else a[0, ...] for a in out)
+        out = _per_sample(out, scalar, single)
     return Derivatives(*out)
+
+
+def _per_sample(out: tuple, scalar: bool, single: bool) -> tuple:
+    """``(B, m, ...) -> (B, ...)`` for scalar models; drop the batch axis for 1-D ``x``."""
+    out = tuple(None if a is None else (a[:, 0, ...] if scalar else a) for a in out)
+    if single:
+        out = tuple(None if a is None else a[0, ...] for a in out)
+    return out
+
+
+def _blocks(model, x2, xp, chunk_size, fn, *extra) -> tuple:
+    """Run ``fn`` (value first) over blocks of ``x2``: forward-mode sized unless given."""
+    p = make_plan(model.layers, x2.shape[0], x2.shape[1], x2, xp, mode="forward", chunk_size=chunk_size)
+    return map_blocks(fn, model.layers, x2, p.chunk_size, ("cat", "cat"), xp, *extra)
 
 
 def derivatives(
@@ -202,3 +225,98 @@ def plan(
     """
     xp, x2, _ = _check_model(model).prepare(x)
     return make_plan(model.layers, x2.shape[0], x2.shape[1], x2, xp, mode=mode, chunk_size=chunk_size, hessian=hessian)
+
+
+def hessian_diagonal(model: Sequential, x: Array, *, chunk_size: int | None = None) -> Array:
+    """Diagonal of the input Hessian per sample, without forming the Hessian.
+
+    Cost per sample ``O(L·n²·d)`` for an MLP (no ``d²`` term). Differentiable by torch
+    autograd and usable under ``jax.jit``.
+
+    Returns
+    -------
+    array, shape (batch,) + o + (d,)
+        ``∂²f/∂x_i²``; no batch axis for ``x`` of shape ``(d,)``.
+
+    Examples
+    --------
+    >>> import numpy as np, hessarray as ha
+    >>> model = ha.Sequential(ha.Dense(np.array([[1.0, 2.0]])), ha.Square(), ha.Sum())
+    >>> ha.hessian_diagonal(model, np.ones(2))
+    array([2., 8.])
+    """
+    model = _check_model(model)
+    xp, x2, single = model.prepare(x)
+    _, diag = _blocks(model, x2, xp, chunk_size, lambda layers, xb: engine.curvature.hessian_diagonal(layers, xb))
+    return _per_sample((diag,), model.scalar_output, single)[0]
+
+
+def laplacian(model: Sequential, x: Array, *, chunk_size: int | None = None) -> Array:
+    """Laplacian (trace of the input Hessian) per sample, without forming the Hessian.
+
+    Cost per sample ``O(L·n²·d)`` for an MLP, and no ``(batch, d, d)`` array. Differentiable
+    by torch autograd and usable under ``jax.jit``, so a physics-informed loss such as
+    ``mean((laplacian(model, x) - f(x))**2)`` trains with the host framework.
+
+    Returns
+    -------
+    array, shape (batch,) + o
+        ``Σ_i ∂²f/∂x_i²``; no batch axis for ``x`` of shape ``(d,)``.
+
+    Examples
+    --------
+    >>> import numpy as np, hessarray as ha
+    >>> model = ha.Sequential(ha.Square(), ha.Sum())       # f(x) = |x|², Δf = 2d
+    >>> ha.laplacian(model, np.ones((2, 3)))
+    array([6., 6.])
+    """
+    model = _check_model(model)
+    xp, x2, single = model.prepare(x)
+    _, diag = _blocks(model, x2, xp, chunk_size, lambda layers, xb: engine.curvature.hessian_diagonal(layers, xb))
+    return _per_sample((xp.sum(diag, axis=-1),), model.scalar_output, single)[0]
+
+
+def hvp(model: Sequential, x: Array, v: Array, *, chunk_size: int | None = None) -> Array:
+    """Input Hessian-vector products per sample, without forming the Hessian.
+
+    Forward over reverse: ``k`` tangents pushed forward, second-order adjoints pulled back;
+    cost per sample ``O(L·n²·k)`` for an MLP.
+
+    Parameters
+    ----------
+    model : Sequential
+    x : array, shape (batch, d) or (d,)
+    v : array, shape (batch, d) or (batch, d, k); (d,) or (d, k) for 1-D ``x``
+        One vector, or ``k`` vectors, per sample.
+
+    Returns
+    -------
+    array, shape (batch,) + o + (d,) or (batch,) + o + (d, k)
+        ``H v`` with ``H`` the Hessian of each output with respect to ``x``.
+
+    Examples
+    --------
+    >>> import numpy as np, hessarray as ha
+    >>> model = ha.Sequential(ha.Square(), ha.Sum())        # H = 2 I
+    >>> ha.hvp(model, np.ones((1, 2)), np.array([[1.0, -1.0]]))
+    array([[ 2., -2.]])
+    """
+    model = _check_model(model)
+    xp, x2, single = model.prepare(x)
+    batch, d = x2.shape
+    v_shape = tuple(getattr(v, "shape", ()))
+    lead = () if single else (batch,)
+    if v_shape not in (lead + (d,),) and not (len(v_shape) == len(lead) + 2 and v_shape[:-1] == lead + (d,)):
+        want = f"{lead + (d,)} or {lead + (d, 'k')}"
+        raise ValueError(f"v must have shape {want} to match x of shape {tuple(x.shape)}, got shape {v_shape}")
+    engine.batching.check_same_backend(x, v, "v")
+    one = len(v_shape) == len(lead) + 1
+    v3 = v[..., None] if one else v
+    if single:
+        v3 = v3[None, ...]
+    v3 = xp.permute_dims(xp.astype(v3, x2.dtype), (0, 2, 1))  # (B, k, d): directions as rows
+    _, hv = _blocks(model, x2, xp, chunk_size, lambda layers, xb, vb: engine.curvature.hvp(layers, xb, vb), v3)
+    hv = xp.permute_dims(hv, (0, 1, 3, 2))  # (B, m, d, k)
+    if one:
+        hv = hv[..., 0]
+    return _per_sample((hv,), model.scalar_output, single)[0]

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..layers.base import Layer
+from . import batching, curvature
 from ..layers.losses import Sum
 from .batching import map_blocks
 from .forward import forward_mode

@@ -23,22 +23,31 @@ def identity_seed(xp: Any, batch: int, n: int, like: Any) -> Any:
     return xp.broadcast_to(eye[None, ...], (batch, n, n))
 
 
-def contract(xp: Any, factors: list, batch: int, m: int, k: int) -> Any | None:
-    """``Σ L @ Rᵀ`` over factor pairs: ``(B, m, k, k)``, or ``None`` if there are none.
+def contract(xp: Any, factors: list, batch: int, m: int, k: int, part: str) -> Any | None:
+    """``Σ L @ Rᵀ`` over factor pairs, or ``None`` if there are none.
 
-    ``L`` is folded to ``(B, m·k, r)`` so each pair is one batched product with no broadcast
-    batch axes (those fall off BLAS in NumPy).
+    ``part="full"`` gives ``(B, m, k, k)``: ``L`` is folded to ``(B, m·k, r)`` so each pair
+    is one batched product with no broadcast batch axes (those fall off BLAS in NumPy).
+    ``part="diag"`` gives only the diagonal ``(B, m, k)``: ``Σ_r L R``, no ``k²`` work.
     """
     h = None
     for left, right in factors:
-        left = xp.reshape(left, (batch, m * k, left.shape[-1]))
-        term = xp.matmul(left, xp.permute_dims(right, (0, 2, 1)))
+        if part == "diag":
+            term = xp.sum(left * right[:, None, ...], axis=-1)
+        else:
+            left = xp.reshape(left, (batch, m * k, left.shape[-1]))
+            term = xp.reshape(xp.matmul(left, xp.permute_dims(right, (0, 2, 1))), (batch, m, k, k))
         h = term if h is None else h + term
-    return None if h is None else xp.reshape(h, (batch, m, k, k))
+    return h
 
 
-def forward_mode(layers: list[Layer], x: Any, hessian: bool) -> tuple[Any, Any, Any]:
-    """Value ``(B, m)``, Jacobian ``(B, m, d)`` and Hessian ``(B, m, d, d)`` (or ``None``).
+def forward_mode(
+    layers: list[Layer], x: Any, hessian: bool, seed: Any | None = None, part: str = "full"
+) -> tuple[Any, Any, Any]:
+    """Value ``(B, m)``, Jacobian ``(B, m, k)`` and Hessian ``(B, m, k, k)`` (or ``None``).
+
+    The ``k`` directions are the rows of ``seed`` ``(B, k, d)`` (default: the identity,
+    ``k = d``). With ``part="diag"`` only the Hessian's diagonal ``(B, m, k)`` is formed.
 
     Three passes: values forward, adjoints back (only from the first layer with curvature
     up), tangents forward with each layer's curvature added as soon as it is known, so no
@@ -48,22 +57,25 @@ def forward_mode(layers: list[Layer], x: Any, hessian: bool) -> tuple[Any, Any, 
     batch, d = x.shape
     steps, y = forward_chain(layers, x)
     m = y.shape[1]
-    first = len(steps)
     g_out: list = [None] * len(steps)
     if hessian:
         first = next((i for i, s in enumerate(steps) if s.layer.has_curvature), len(steps))
         if first < len(steps):
             g_out[first:] = adjoints(steps[first:], identity_seed(xp, batch, m, x))
-    t = identity_seed(xp, batch, d, x)
+    t = identity_seed(xp, batch, d, x) if seed is None else seed
+    k = t.shape[1]
     h = None
     for step, g in zip(steps, g_out):
         t, factors = step.layer.push(step.cache, t, g)
-        term = contract(xp, factors, batch, m, d)
+        term = contract(xp, factors, batch, m, k, part)
         if term is not None:
             h = term if h is None else h + term
     jac = xp.permute_dims(t, (0, 2, 1))
     if not hessian:
         return y, jac, None
+    shape = (batch, m, k) if part == "diag" else (batch, m, k, k)
     if h is None:
-        return y, jac, xp.zeros((batch, m, d, d), dtype=x.dtype, device=device(x))
+        return y, jac, xp.zeros(shape, dtype=x.dtype, device=device(x))
+    if part == "diag":
+        return y, jac, h
     return y, jac, 0.5 * (h + xp.permute_dims(h, (0, 1, 3, 2)))

@@ -97,6 +97,15 @@ class Layer:
         """
         raise NotImplementedError
 
+    def curvature_apply(self, cache: Any, g: Array, t: Array) -> Array | None:
+        """``(Σ_j g_j ∇²y_j) t``: the curvature applied to tangents ``t`` ``(B, k, n_in)``.
+
+        ``g`` are the adjoints ``(B, m, n_out)`` at the output; returns ``(B, m, k, n_in)``,
+        or ``None`` for a layer without curvature. Used by Hessian-vector products
+        (forward over reverse) at cost ``O(n k)`` per sample for an elementwise layer.
+        """
+        return None
+
     # -- planning -------------------------------------------------------------------------
     def flops(self, n_in: int, k: int, m: int) -> tuple[float, float]:
         """Multiply-adds per sample for (forward mode with ``k`` tangents, reverse mode).
@@ -201,6 +210,35 @@ def adjoints(steps: list[Step], g: Array) -> list[Array]:
     return at_output
 
 
+def push_keep(steps: list[Step], t: Array) -> tuple[Array, list[Array]]:
+    """Push tangents through ``steps``; also return the tangents entering each step."""
+    entering = []
+    for step in steps:
+        entering.append(t)
+        t, _ = step.layer.push(step.cache, t)
+    return t, entering
+
+
+def pull_curvature_chain(steps: list[Step], g_out: list[Array], t_in: list[Array]) -> Array | None:
+    """Second-order adjoints ``d/dε [g ∂out/∂x](x + ε t)`` for tangents ``t`` at the input.
+
+    ``g_out`` are the first-order adjoints ``(B, m, n)`` at each step's output, ``t_in`` the
+    tangents ``(B, k, n)`` entering each step. Returns ``(B, m, k, d)``: ``H t`` for each of
+    the ``m`` outputs (``None`` if the chain has no curvature).
+    """
+    gd = None
+    for step, g, t in zip(reversed(steps), reversed(g_out), reversed(t_in)):
+        if gd is not None:
+            B, m, k, n = gd.shape
+            xp = array_namespace(gd)
+            gd = step.layer.pull(step.cache, xp.reshape(gd, (B, m * k, n)))
+            gd = xp.reshape(gd, (B, m, k, gd.shape[-1]))
+        term = step.layer.curvature_apply(step.cache, g, t)
+        if term is not None:
+            gd = term if gd is None else gd + term
+    return gd
+
+
 def pull_hessian_chain(steps: list[Step], g: Array, h: Array | None) -> tuple[Array, Array | None]:
     """Reverse-mode second order: pull ``(g, h)`` back through ``steps``."""
     for step in reversed(steps):
@@ -226,5 +264,7 @@ __all__ = [
     "pull_chain",
     "pull_hessian_chain",
     "pull_rows",
+    "pull_curvature_chain",
     "push_chain",
+    "push_keep",
 ]

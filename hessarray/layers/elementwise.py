@@ -37,6 +37,12 @@ class Activation(Layer):
     def pull(self, cache: Any, g: Array) -> Array:
         return g * cache[0][:, None, :]
 
+    def curvature_apply(self, cache: Any, g: Array, t: Array) -> Array | None:
+        if not self.has_curvature:
+            return None
+        c = g * cache[1][:, None, :]
+        return c[:, :, None, :] * t[:, None, :, :]
+
     def pull_hessian(self, cache: Any, g: Array, h: Array | None) -> Array | None:
         df, d2f = cache
         xp = array_namespace(g)

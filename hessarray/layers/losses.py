@@ -39,6 +39,15 @@ class Reduction(Layer):
         """Factors of ``tᵀ (c ∇²ℓ) t`` for per-output weights ``c`` of shape ``(B, m)``."""
         raise NotImplementedError
 
+    def curvature_apply(self, cache: Any, g: Array, t: Array) -> Array | None:
+        if not self.has_curvature:
+            return None
+        return self.hessian_apply(cache[1], g[:, :, 0], t)
+
+    def hessian_apply(self, curv: Any, c: Array, t: Array) -> Array:
+        """``c ∇²ℓ t``: ``(B, m)`` weights and ``(B, k, n)`` tangents give ``(B, m, k, n)``."""
+        raise NotImplementedError
+
     def pull(self, cache: Any, g: Array) -> Array:
         return g * cache[0][:, None, :]  # (B, M, 1) * (B, 1, n)
 
@@ -130,6 +139,9 @@ class MSELoss(_Targeted):
         c = curv * c  # the Hessian is curv·I
         return [(t[:, None, :, :] * c[:, :, None, None], t)]
 
+    def hessian_apply(self, curv, c, t):
+        return (curv * c)[:, :, None, None] * t[:, None, ...]
+
     def hessian(self, cache, c):
         grad, scale = cache
         xp = array_namespace(c)
@@ -199,6 +211,13 @@ class SoftmaxCrossEntropy(_Targeted):
         diag = t[:, None, :, :] * (c[:, :, None, None] * p[:, None, None, :])
         rank1 = -(tp[:, None, :, :] * c[:, :, None, None])
         return [(diag, t), (rank1, tp)]
+
+    def hessian_apply(self, curv, c, t):
+        p, mass = curv
+        xp = array_namespace(t)
+        s = (c * mass[:, None])[:, :, None, None]
+        tp = xp.matmul(t, p[:, :, None])  # (B, k, 1)
+        return s * (t * p[:, None, :] - tp * p[:, None, :])[:, None, ...]
 
     def hessian(self, cache, c):
         _, (p, mass) = cache

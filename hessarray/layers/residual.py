@@ -11,9 +11,11 @@ from .base import (
     adjoints,
     forward_chain,
     pull_chain,
+    pull_curvature_chain,
     pull_hessian_chain,
     pull_rows,
     push_chain,
+    push_keep,
 )
 
 
@@ -74,6 +76,11 @@ class Residual(Layer):
     def pull(self, cache: Any, g: Array) -> Array:
         _, steps = cache
         return g + pull_chain(steps, self.h * g)
+
+    def curvature_apply(self, cache: Any, g: Array, t: Array) -> Array | None:
+        _, steps = cache
+        _, t_in = push_keep(steps, t)
+        return pull_curvature_chain(steps, adjoints(steps, self.h * g), t_in)
 
     def pull_hessian(self, cache: Any, g: Array, h: Array | None) -> Array | None:
         # y = x + s·B(x):  H_x = H + s(H J_B + J_Bᵀ H) + s² J_Bᵀ H J_B + s Σ g ∇²B.

@@ -1,0 +1,33 @@
+"""Parts of the input Hessian without forming it: diagonal, trace, Hessian-vector products.
+
+* diagonal and trace (Laplacian): forward mode keeping only ``Σ_r L R`` of each factor pair,
+  ``O(L n² d)`` per sample with no ``d²`` term;
+* ``H v`` for ``k`` vectors: forward over reverse, ``O(L n² k)`` per sample: ``k`` tangents
+  pushed forward, then second-order adjoints pulled back (each layer's ``curvature_apply``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._backend import array_namespace, device
+from ..layers.base import Layer, adjoints, forward_chain, pull_curvature_chain, push_keep
+from .forward import forward_mode, identity_seed
+
+
+def hessian_diagonal(layers: list[Layer], x: Any) -> tuple[Any, Any]:
+    """Value ``(B, m)`` and Hessian diagonal ``(B, m, d)``."""
+    y, _, diag = forward_mode(layers, x, True, part="diag")
+    return y, diag
+
+
+def hvp(layers: list[Layer], x: Any, v: Any) -> tuple[Any, Any]:
+    """Value ``(B, m)`` and ``H v`` ``(B, m, k, d)`` for ``v`` of shape ``(B, k, d)``."""
+    xp = array_namespace(x)
+    steps, y = forward_chain(layers, x)
+    batch, m = y.shape
+    _, t_in = push_keep(steps, v)
+    hv = pull_curvature_chain(steps, adjoints(steps, identity_seed(xp, batch, m, x)), t_in)
+    if hv is None:
+        hv = xp.zeros((batch, m, v.shape[1], x.shape[1]), dtype=x.dtype, device=device(x))
+    return y, hv
