@@ -47,6 +47,13 @@ from .layers import (
     Tanh,
 )
 from .model import Sequential
+from .parameters import (
+    ParameterOperator,
+    gauss_newton,
+    parameter_hessian,
+    parameter_hvp,
+    parameter_operator,
+)
 
 __version__ = "0.1.0"
 
@@ -62,6 +69,7 @@ __all__ = [
     "LeakyReLU",
     "LogCosh",
     "MSELoss",
+    "ParameterOperator",
     "Plan",
     "Power",
     "ReLU",
@@ -76,11 +84,15 @@ __all__ = [
     "Sum",
     "Tanh",
     "derivatives",
+    "gauss_newton",
     "gradient",
     "hessian",
     "hessian_diagonal",
     "hvp",
     "jacobian",
     "laplacian",
+    "parameter_hessian",
+    "parameter_hvp",
+    "parameter_operator",
     "plan",
 ]

@@ -92,8 +92,9 @@ class Layer:
     def pull_hessian(self, cache: Any, g: Array, h: Array | None) -> Array | None:
         """``Jᵀ h J + Σ_j g_j ∇²y_j``: ``(B, m, n_out, n_out) -> (B, m, n_in, n_in)``.
 
-        ``g`` are the adjoints at the layer output. ``h`` may be ``None`` (zero); the result
-        may be ``None`` only if it is zero.
+        ``g`` are the adjoints at the layer output (``None``: leave out the curvature term,
+        as the Gauss-Newton matrix does). ``h`` may be ``None`` (zero); the result may be
+        ``None`` only if it is zero.
         """
         raise NotImplementedError
 
@@ -105,6 +106,34 @@ class Layer:
         (forward over reverse) at cost ``O(n k)`` per sample for an elementwise layer.
         """
         return None
+
+    # -- parameter directions (parameter-space products) ---------------------------------------
+    # ``v`` maps this layer's local parameter names to directions of shape ``(k, *shape)``,
+    # the same for every sample; names not in ``v`` are not perturbed.
+
+    def push_params(self, cache: Any, t: Array, v: dict[str, Array]) -> Array:
+        """Tangents of the output when the input moves by ``t`` and the parameters by ``v``."""
+        return self.push(cache, t)[0]
+
+    def curvature_apply_params(self, cache: Any, g: Array, t: Array, v: dict[str, Array]) -> Array | None:
+        """``Σ_j g_j (∇²_xx y_j t + ∇²_xθ y_j v)``: ``(B, m, k, n_in)`` or ``None`` if zero.
+
+        Adds to :meth:`curvature_apply` the mixed input-parameter curvature (a dense layer is
+        bilinear in ``W`` and ``x``).
+        """
+        return None if g is None else self.curvature_apply(cache, g, t)
+
+    def param_second(
+        self, cache: Any, g: Array | None, gd: Array, t: Array, v: dict[str, Array]
+    ) -> dict[str, Array]:
+        """Directional derivative of the parameter gradient, summed over samples and outputs.
+
+        ``g`` ``(B, m, n_out)`` are the adjoints at the output (``None``: zero, as in the
+        Gauss-Newton product), ``gd`` ``(B, m, k, n_out)`` their derivatives along the
+        direction, ``t`` ``(B, k, n_in)`` the input tangents. Returns, per local parameter
+        name, ``(k, *shape)``.
+        """
+        return {}
 
     # -- planning -------------------------------------------------------------------------
     def flops(self, n_in: int, k: int, m: int) -> tuple[float, float]:
@@ -150,13 +179,16 @@ class Layer:
         """
         raise KeyError(name)
 
-    def param_hessian(self, cache: Any, name: str, h: Array, per_sample: bool) -> Array:
-        """Exact Hessian of the outputs with respect to parameter ``name``.
+    def param_hessian(
+        self, cache: Any, name: str, h: Array, per_sample: bool, other: str | None = None
+    ) -> Array:
+        """Exact Hessian block of the outputs for parameters ``name`` and ``other``.
 
-        ``h`` is ``(B, m, n_out, n_out)``, the Hessian with respect to this layer's output.
-        Layers linear in their parameters (all of the built-in ones) have no second term.
-        Returns ``(B, m, *shape, *shape)`` if ``per_sample``, else the sum over ``B`` and
-        ``m``: ``(*shape, *shape)``.
+        ``h`` is ``(B, m, n_out, n_out)``, the Hessian with respect to this layer's output;
+        ``other`` (default ``name``) is another parameter of the same layer. Layers linear in
+        their parameters (all of the built-in ones) have no second term. Returns
+        ``(B, m, *shape, *other_shape)`` if ``per_sample``, else the sum over ``B`` and
+        ``m``: ``(*shape, *other_shape)``.
         """
         raise KeyError(name)
 
@@ -239,11 +271,65 @@ def pull_curvature_chain(steps: list[Step], g_out: list[Array], t_in: list[Array
     return gd
 
 
-def pull_hessian_chain(steps: list[Step], g: Array, h: Array | None) -> tuple[Array, Array | None]:
-    """Reverse-mode second order: pull ``(g, h)`` back through ``steps``."""
+def reverse_second(
+    steps: list[Step],
+    g_out: list[Array | None],
+    gd: Array | None,
+    t_in: list[Array],
+    v_steps: list[dict[str, Array]],
+) -> tuple[Array | None, dict[str, Array]]:
+    """Second-order reverse pass with parameter directions (forward over reverse).
+
+    ``g_out`` are the adjoints at each step's output (``None`` entries: zero), ``gd`` the
+    derivative ``(B, m, k, n)`` of the adjoint at the last output along the direction
+    (``None``: zero), ``t_in`` the tangents entering each step and ``v_steps`` each step's
+    parameter directions. Returns the derivative of the input adjoint and, keyed
+    ``"{step}.{name}"``, each parameter's ``(k, *shape)`` result.
+    """
+    found: dict[str, Array] = {}
+    for i in range(len(steps) - 1, -1, -1):
+        step, g, t, v = steps[i], g_out[i], t_in[i], v_steps[i]
+        if gd is not None or g is not None:
+            for name, value in step.layer.param_second(step.cache, g, gd, t, v).items():
+                found[f"{i}.{name}"] = value
+        if gd is not None:
+            B, m, k, n = gd.shape
+            xp = array_namespace(gd)
+            pulled = step.layer.pull(step.cache, xp.reshape(gd, (B, m * k, n)))
+            gd = xp.reshape(pulled, (B, m, k, pulled.shape[-1]))
+        term = step.layer.curvature_apply_params(step.cache, g, t, v)
+        if term is not None:
+            gd = term if gd is None else gd + term
+    return gd, found
+
+
+def push_params_keep(steps: list[Step], t: Array, v_steps: list[dict[str, Array]]) -> tuple[Array, list[Array]]:
+    """Push input tangents and parameter directions; keep the tangents entering each step."""
+    entering = []
+    for step, v in zip(steps, v_steps):
+        entering.append(t)
+        t = step.layer.push_params(step.cache, t, v)
+    return t, entering
+
+
+def split_directions(v: dict[str, Array], count: int) -> list[dict[str, Array]]:
+    """``{"2.0.weight": a}`` -> ``[{}, {}, {"0.weight": a}, ...]``: directions per step."""
+    per_step: list[dict[str, Array]] = [{} for _ in range(count)]
+    for name, value in v.items():
+        index, _, rest = name.partition(".")
+        per_step[int(index)][rest] = value
+    return per_step
+
+
+def pull_hessian_chain(steps: list[Step], g: Array | None, h: Array | None) -> tuple[Array, Array | None]:
+    """Reverse-mode second order: pull ``(g, h)`` back through ``steps``.
+
+    ``g=None`` drops every curvature term: ``h`` is then pulled as ``Jᵀ h J`` (Gauss-Newton).
+    """
     for step in reversed(steps):
         h = step.layer.pull_hessian(step.cache, g, h)
-        g = step.layer.pull(step.cache, g)
+        if g is not None:
+            g = step.layer.pull(step.cache, g)
     return g, h
 
 
@@ -265,6 +351,9 @@ __all__ = [
     "pull_hessian_chain",
     "pull_rows",
     "pull_curvature_chain",
+    "push_params_keep",
+    "reverse_second",
+    "split_directions",
     "push_chain",
     "push_keep",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._backend import array_namespace, is_array_api_obj, matmul_last
+from .._backend import array_namespace, device, is_array_api_obj, matmul_last
 from .base import Array, Layer
 
 
@@ -96,6 +96,67 @@ class Dense(Layer):
         o, i = self.weight.shape
         return ((1 + k + m) * o * i, (1 + m) * o * i + m * (o * o * i + i * i * o))
 
+    # -- parameter directions ---------------------------------------------------------------------
+    def _directions(self, xp: Any, v: dict[str, Array], like: Array) -> tuple[Array | None, Array | None]:
+        """``v`` as ``(k, o, i)`` weight and ``(k, o)`` bias directions (``None`` if absent)."""
+        o, i = self.weight.shape
+        vw, vb = v.get("weight"), v.get("bias")
+        vw = None if vw is None else cast_like(xp, vw, like)
+        vb = None if vb is None else xp.reshape(cast_like(xp, vb, like), (vb.shape[0], o))
+        return vw, vb
+
+    def push_params(self, cache: Any, t: Array, v: dict[str, Array]) -> Array:
+        x, w = cache
+        xp = array_namespace(t)
+        out = matmul_last(xp, t, w.T)
+        vw, vb = self._directions(xp, v, x)
+        B, k = t.shape[0], t.shape[1]
+        o = w.shape[0]
+        if vw is not None:  # V x for each direction: one GEMM (B, i) @ (i, k·o)
+            vx = xp.matmul(x, xp.reshape(vw, (k * o, vw.shape[-1])).T)
+            out = out + xp.reshape(vx, (B, k, o))
+        if vb is not None:
+            out = out + vb[None, ...]
+        return out
+
+    def curvature_apply_params(self, cache: Any, g: Array, t: Array, v: dict[str, Array]) -> Array | None:
+        # y = W x + b is bilinear in (W, x): Σ_j g_j ∂²y_j/∂x∂W · V = g V.
+        if g is None or "weight" not in v:
+            return None
+        x, _ = cache
+        xp = array_namespace(g)
+        vw, _ = self._directions(xp, v, x)
+        k, o, i = vw.shape
+        B, m, _ = g.shape
+        gv = matmul_last(xp, g, xp.reshape(xp.permute_dims(vw, (1, 0, 2)), (o, k * i)))
+        return xp.reshape(gv, (B, m, k, i))
+
+    def param_second(self, cache: Any, g: Array | None, gd: Array, t: Array, v: dict[str, Array]) -> dict[str, Array]:
+        x, _ = cache
+        xp = array_namespace(t)
+        B, k, i = t.shape
+        o = self.weight.shape[0]
+        out: dict[str, Array] = {}
+        gds = None if gd is None else xp.sum(gd, axis=1)  # (B, k, o)
+        weight = None
+        if gds is not None:  # Σ_b ġ ⊗ x
+            flat = xp.reshape(xp.permute_dims(gds, (1, 2, 0)), (k * o, B))
+            weight = xp.reshape(xp.matmul(flat, x), (k, o, i))
+        if g is not None:  # Σ_b g ⊗ ẋ
+            gs = xp.sum(g, axis=1)  # (B, o)
+            gt = xp.reshape(xp.matmul(gs.T, xp.reshape(t, (B, k * i))), (o, k, i))
+            gt = xp.permute_dims(gt, (1, 0, 2))
+            weight = gt if weight is None else weight + gt
+        if weight is not None:
+            out["weight"] = weight
+        if self.bias is not None and gds is not None:
+            out["bias"] = xp.reshape(xp.sum(gds, axis=0), (k, *self.bias.shape))
+        elif self.bias is not None:
+            out["bias"] = xp.zeros((k, *self.bias.shape), dtype=t.dtype, device=device(t))
+        if "weight" not in out:
+            out["weight"] = xp.zeros((k, o, i), dtype=t.dtype, device=device(t))
+        return out
+
     # -- parameters -----------------------------------------------------------------------
     def param_owner(self, cache: Any, name: str, y: Array) -> tuple[Layer, Any, str, Array, list]:
         if name not in self.parameters():
@@ -115,16 +176,33 @@ class Dense(Layer):
         # Σ_b g_b x_bᵀ as one GEMM over the batch.
         return xp.matmul(xp.sum(g, axis=1).T, x)
 
-    def param_hessian(self, cache: Any, name: str, h: Array, per_sample: bool) -> Array:
+    def param_hessian(
+        self, cache: Any, name: str, h: Array, per_sample: bool, other: str | None = None
+    ) -> Array:
         x, _ = cache
         xp = array_namespace(h)
+        other = name if other is None else other
+        if name == "bias" and other == "weight":
+            block = self.param_hessian(cache, "weight", h, per_sample, "bias")
+            lead = 2 if per_sample else 0
+            nb, nw = self.bias.ndim, 2
+            perm = tuple(range(lead)) + tuple(lead + nw + j for j in range(nb)) + tuple(lead + j for j in range(nw))
+            return xp.permute_dims(block, perm)
         B, m, o, _ = h.shape
         i = x.shape[1]
-        if name == "bias":
+        if name == "bias" and other == "bias":
             shape = tuple(self.bias.shape)
             if per_sample:
                 return xp.reshape(h, (B, m, *shape, *shape))
             return xp.reshape(xp.sum(h, axis=(0, 1)), shape + shape)
+        if name == "weight" and other == "bias":  # ∂²/∂W_ab ∂b_c = h_ac x_b
+            shape = tuple(self.bias.shape)
+            if per_sample:
+                block = h[:, :, :, None, :] * x[:, None, None, :, None]
+                return xp.reshape(block, (B, m, o, i, *shape))
+            hs = xp.reshape(xp.sum(h, axis=1), (B, o * o))
+            full = xp.permute_dims(xp.reshape(xp.matmul(hs.T, x), (o, o, i)), (0, 2, 1))
+            return xp.reshape(full, (o, i, *shape))
         # The weight enters linearly: d²/dW² = h ⊗ x xᵀ per sample (a Kronecker product).
         if per_sample:
             return (

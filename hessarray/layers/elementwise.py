@@ -47,7 +47,7 @@ class Activation(Layer):
         df, d2f = cache
         xp = array_namespace(g)
         out = None
-        if self.has_curvature:
+        if self.has_curvature and g is not None:  # g None: Gauss-Newton, no curvature term
             out = diag_embed(xp, g * d2f[:, None, :])
         if h is not None:
             jhj = h * df[:, None, :, None] * df[:, None, None, :]

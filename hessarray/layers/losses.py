@@ -53,7 +53,7 @@ class Reduction(Layer):
 
     def pull_hessian(self, cache: Any, g: Array, h: Array | None) -> Array | None:
         grad = cache[0]
-        out = self.hessian(cache, g[:, :, 0]) if self.has_curvature else None
+        out = self.hessian(cache, g[:, :, 0]) if self.has_curvature and g is not None else None
         if h is not None:
             jhj = h * (grad[:, None, :, None] * grad[:, None, None, :])
             out = jhj if out is None else out + jhj

@@ -16,6 +16,9 @@ from .base import (
     pull_rows,
     push_chain,
     push_keep,
+    push_params_keep,
+    reverse_second,
+    split_directions,
 )
 
 
@@ -87,13 +90,36 @@ class Residual(Layer):
         _, steps = cache
         s = self.h
         hb = None if h is None else (s * s) * h
-        _, inner = pull_hessian_chain(steps, s * g, hb)
+        _, inner = pull_hessian_chain(steps, None if g is None else s * g, hb)
         if h is None:
             return inner
         xp = array_namespace(h)
         cross = s * pull_rows(steps, h)
         out = h + cross + xp.permute_dims(cross, (0, 1, 3, 2))
         return out if inner is None else out + inner
+
+    # -- parameter directions ---------------------------------------------------------------------
+    def push_params(self, cache: Any, t: Array, v: dict[str, Array]) -> Array:
+        _, steps = cache
+        tu, _ = push_params_keep(steps, t, split_directions(v, len(steps)))
+        return t + self.h * tu
+
+    def curvature_apply_params(self, cache: Any, g: Array, t: Array, v: dict[str, Array]) -> Array | None:
+        if g is None:
+            return None
+        _, steps = cache
+        v_steps = split_directions(v, len(steps))
+        _, t_in = push_params_keep(steps, t, v_steps)
+        gd, _ = reverse_second(steps, adjoints(steps, self.h * g), None, t_in, v_steps)
+        return gd
+
+    def param_second(self, cache: Any, g: Array | None, gd: Array, t: Array, v: dict[str, Array]) -> dict[str, Array]:
+        _, steps = cache
+        v_steps = split_directions(v, len(steps))
+        _, t_in = push_params_keep(steps, t, v_steps)
+        inner_g = [None] * len(steps) if g is None else adjoints(steps, self.h * g)
+        _, found = reverse_second(steps, inner_g, None if gd is None else self.h * gd, t_in, v_steps)
+        return found
 
     def flops(self, n_in: int, k: int, m: int) -> tuple[float, float]:
         fwd, rev = (1 + k + m) * n_in, m * n_in * n_in

@@ -1,0 +1,361 @@
+"""Curvature with respect to all parameters: Hessian and Gauss-Newton blocks, products, operators.
+
+Everything is exact and summed over the batch (the model's outputs summed too, for models
+without a loss), like :func:`hessarray.hessian` with ``wrt=``. Blocks are returned as a
+mapping from parameter-name pairs to arrays of shape ``shape_a + shape_b``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .api import _check_model
+from .engine.batching import map_blocks
+from .engine.parameter_space import owner_blocks, parameter_products
+from .engine.plan import make_plan
+from .model import Sequential
+
+Array = Any
+
+__all__ = ["ParameterOperator", "gauss_newton", "parameter_hessian", "parameter_hvp", "parameter_operator"]
+
+#: Default limit for ``blocks="full"`` and ``flat=True``: 2 GiB.
+MAX_BYTES = 2 << 30
+
+
+def _groups(model: Sequential) -> dict[str, list[str]]:
+    """Parameter names grouped by the layer that owns them (``"0"``, ``"2.1"``, …)."""
+    groups: dict[str, list[str]] = {}
+    for name in model.parameters():
+        groups.setdefault(name.rpartition(".")[0], []).append(name)
+    return groups
+
+
+def _size(a: Array) -> int:
+    return math.prod(a.shape)
+
+
+def _check_memory(model: Sequential, x: Array, max_bytes: int, what: str) -> None:
+    total = sum(_size(a) for a in model.parameters().values())
+    need = total * total * (4 if str(x.dtype).endswith("32") else 8)
+    if need > max_bytes:
+        raise MemoryError(
+            f"{what} has {total} x {total} entries and would need {need / 2**30:.2f} GiB, over the "
+            f"limit of {max_bytes / 2**30:.2f} GiB (max_bytes); use blocks='layer' (per-layer blocks) or "
+            f"parameter_operator(...) (matrix-free products) instead, or raise max_bytes"
+        )
+
+
+def _prepare(model: Sequential, x: Array, ggn: bool):
+    model = _check_model(model)
+    xp, x2, single = model.prepare(x)
+    if ggn and not model.scalar_output:
+        raise ValueError(
+            f"the Gauss-Newton matrix needs a model ending in a loss; this one ends in {model.layers[-1]!r}"
+        )
+    return model, xp, x2, single
+
+
+def _blocks(model, x, blocks, flat, per_sample, chunk_size, max_bytes, ggn) -> Any:
+    if blocks not in ("layer", "full"):
+        raise ValueError(f"blocks must be 'layer' or 'full', got {blocks!r}")
+    model, xp, x2, single = _prepare(model, x, ggn)
+    what = "the Gauss-Newton matrix" if ggn else "the parameter Hessian"
+    if blocks == "full" or flat:
+        if per_sample:
+            raise ValueError("per_sample=True is available with blocks='layer' and flat=False")
+        _check_memory(model, x2, max_bytes, what)
+    if blocks == "full":
+        matrix = _full_matrix(model, x2, xp, chunk_size, ggn)
+        return matrix if flat else _split(model, matrix, xp)
+    plan = make_plan(model.layers, x2.shape[0], x2.shape[1], x2, xp, mode="forward", chunk_size=chunk_size)
+    out: dict[tuple[str, str], Array] = {}
+    for group, names in _groups(model).items():
+        index, _, local_owner = names[0].partition(".")
+        pairs = [(a, b) for a in names for b in names]
+        local = [(a.partition(".")[2].rpartition(".")[2], b.partition(".")[2].rpartition(".")[2]) for a, b in pairs]
+        first = names[0].partition(".")[2]
+
+        def run(layers, xb, index=int(index), first=first, local=local):
+            found = owner_blocks(layers, xb, index, first, local, ggn, per_sample)
+            return tuple(found[p] for p in local)
+
+        how = "cat" if per_sample else "sum"
+        values = map_blocks(run, model.layers, x2, plan.chunk_size, (how,) * len(pairs), xp)
+        for pair, value in zip(pairs, values):
+            if per_sample:  # (B, 1, ...): the outputs are summed
+                value = value[0, 0, ...] if single else value[:, 0, ...]
+            out[pair] = value
+    if flat:
+        return _assemble(model, out, xp, x2)
+    return out
+
+
+def _full_matrix(model, x2, xp, chunk_size, ggn) -> Array:
+    """All ``P`` columns of ``H`` (or ``G``) from products with unit directions."""
+    params = model.parameters()
+    names = list(params)
+    sizes = [_size(params[n]) for n in names]
+    total = sum(sizes)
+    from ._backend import device
+
+    eye = xp.eye(total, dtype=x2.dtype, device=device(x2))
+    plan = make_plan(model.layers, x2.shape[0], x2.shape[1], x2, xp, mode="forward", chunk_size=chunk_size)
+    block = max(1, min(total, 256))
+    rows = []
+    for start in range(0, total, block):
+        stop = min(start + block, total)
+        v = _unflatten(model, eye[start:stop, :], xp)
+        rows.append(_flatten_columns(model, _products(model, x2, xp, v, plan.chunk_size, ggn), xp))
+    return xp.concat(rows, axis=0) if len(rows) > 1 else rows[0]
+
+
+def _products(model, x2, xp, v: dict[str, Array], chunk: int, ggn: bool) -> dict[str, Array]:
+    names = list(model.parameters())
+
+    def run(layers, xb):
+        found = parameter_products(layers, xb, v, ggn)
+        return tuple(found[n] for n in names)
+
+    values = map_blocks(run, model.layers, x2, chunk, ("sum",) * len(names), xp)
+    return dict(zip(names, values))
+
+
+def _unflatten(model, rows: Array, xp) -> dict[str, Array]:
+    """``(k, P)`` flat directions -> ``{name: (k, *shape)}``."""
+    out, start = {}, 0
+    for name, p in model.parameters().items():
+        n = _size(p)
+        out[name] = xp.reshape(rows[:, start : start + n], (rows.shape[0], *p.shape))
+        start += n
+    return out
+
+
+def _flatten_columns(model, found: dict[str, Array], xp) -> Array:
+    """``{name: (k, *shape)}`` -> ``(k, P)``."""
+    parts = [xp.reshape(found[name], (found[name].shape[0], _size(p))) for name, p in model.parameters().items()]
+    return xp.concat(parts, axis=1)
+
+
+def _split(model, matrix: Array, xp) -> dict[tuple[str, str], Array]:
+    params = model.parameters()
+    offsets, start = {}, 0
+    for name, p in params.items():
+        offsets[name] = (start, start + _size(p))
+        start += _size(p)
+    out = {}
+    for a, pa in params.items():
+        for b, pb in params.items():
+            (a0, a1), (b0, b1) = offsets[a], offsets[b]
+            out[(a, b)] = xp.reshape(matrix[a0:a1, b0:b1], (*pa.shape, *pb.shape))
+    return out
+
+
+def _assemble(model, blocks: dict[tuple[str, str], Array], xp, like) -> Array:
+    """Layer blocks as one block-diagonal ``(P, P)`` matrix (zeros between layers)."""
+    from ._backend import device
+
+    params = model.parameters()
+    rows = []
+    for a, pa in params.items():
+        row = []
+        for b, pb in params.items():
+            block = blocks.get((a, b))
+            if block is None:
+                row.append(xp.zeros((_size(pa), _size(pb)), dtype=like.dtype, device=device(like)))
+            else:
+                row.append(xp.reshape(block, (_size(pa), _size(pb))))
+        rows.append(xp.concat(row, axis=1))
+    return xp.concat(rows, axis=0)
+
+
+def parameter_hessian(
+    model: Sequential,
+    x: Array,
+    *,
+    blocks: str = "layer",
+    flat: bool = False,
+    per_sample: bool = False,
+    chunk_size: int | None = None,
+    max_bytes: int = MAX_BYTES,
+) -> Any:
+    """Exact Hessian of the batch-summed output (or loss) with respect to all parameters.
+
+    Parameters
+    ----------
+    model : Sequential
+    x : array, shape (batch, d)
+    blocks : {"layer", "full"}
+        ``"layer"``: the diagonal blocks of each layer (its weight and bias with each other),
+        by Hessian backpropagation: cost per sample ``O(L n³)`` plus one GEMM per block over
+        the batch. ``"full"``: every block, cross-layer blocks included, from ``P``
+        Hessian-vector products (for small models).
+    flat : bool
+        Return one ``(P, P)`` matrix in the order of ``model.parameters()`` (zeros outside
+        the layer blocks for ``blocks="layer"``) instead of the mapping.
+    per_sample : bool
+        With ``blocks="layer"``: the blocks of each sample (outputs summed),
+        ``(batch,) + shape_a + shape_b``.
+    chunk_size : int, optional
+        Samples per block of the batch.
+    max_bytes : int
+        ``blocks="full"`` or ``flat=True`` raise ``MemoryError`` before allocating a matrix
+        larger than this (default 2 GiB).
+
+    Returns
+    -------
+    dict or array
+        ``{(name_a, name_b): array of shape shape_a + shape_b}``, or the flat matrix.
+
+    Examples
+    --------
+    >>> import numpy as np, hessarray as ha
+    >>> rng = np.random.default_rng(0)
+    >>> model = ha.Sequential(ha.Dense(rng.standard_normal((3, 2)), np.zeros(3)), ha.Tanh(),
+    ...                       ha.Dense(rng.standard_normal((1, 3))), ha.Sum())
+    >>> blocks = ha.parameter_hessian(model, rng.standard_normal((5, 2)))
+    >>> blocks["0.weight", "0.bias"].shape
+    (3, 2, 3)
+    >>> ha.parameter_hessian(model, rng.standard_normal((5, 2)), blocks="full", flat=True).shape
+    (12, 12)
+    """
+    return _blocks(model, x, blocks, flat, per_sample, chunk_size, max_bytes, ggn=False)
+
+
+def gauss_newton(
+    model: Sequential,
+    x: Array,
+    *,
+    blocks: str = "layer",
+    flat: bool = False,
+    per_sample: bool = False,
+    chunk_size: int | None = None,
+    max_bytes: int = MAX_BYTES,
+) -> Any:
+    """Generalized Gauss-Newton matrix ``Σ_b J_θᵀ H_loss J_θ`` of a model ending in a loss.
+
+    ``J_θ`` is the Jacobian of the loss input (the network output) with respect to the
+    parameters and ``H_loss`` the loss's Hessian. Options and returns as in
+    :func:`parameter_hessian`.
+
+    Raises
+    ------
+    ValueError
+        If the model does not end in a loss (or ``Sum``).
+
+    Examples
+    --------
+    >>> import numpy as np, hessarray as ha
+    >>> rng = np.random.default_rng(0)
+    >>> model = ha.Sequential(ha.Dense(rng.standard_normal((2, 3))), ha.Tanh(),
+    ...                       ha.MSELoss(np.zeros(2)))
+    >>> ha.gauss_newton(model, rng.standard_normal((4, 3)), flat=True).shape
+    (6, 6)
+    """
+    return _blocks(model, x, blocks, flat, per_sample, chunk_size, max_bytes, ggn=True)
+
+
+def parameter_hvp(
+    model: Sequential, x: Array, v: Any, *, curvature: str = "hessian", chunk_size: int | None = None
+) -> Any:
+    """Parameter-space Hessian (or Gauss-Newton) vector product, matrix-free.
+
+    Parameters
+    ----------
+    model : Sequential
+    x : array, shape (batch, d)
+    v : dict or array
+        ``{name: array of the parameter's shape}`` (missing names are zero), or a flat
+        vector of shape ``(P,)`` in the order of ``model.parameters()``.
+    curvature : {"hessian", "gauss_newton"}
+
+    Returns
+    -------
+    dict or array
+        Same structure as ``v``: every parameter name, or ``(P,)``.
+
+    Examples
+    --------
+    >>> import numpy as np, hessarray as ha
+    >>> rng = np.random.default_rng(0)
+    >>> model = ha.Sequential(ha.Dense(rng.standard_normal((3, 2))), ha.Tanh(), ha.Sum())
+    >>> x = rng.standard_normal((4, 2))
+    >>> H = ha.parameter_hessian(model, x, blocks="full", flat=True)
+    >>> v = rng.standard_normal(6)
+    >>> bool(np.allclose(ha.parameter_hvp(model, x, v), H @ v))
+    True
+    """
+    return parameter_operator(model, x, curvature=curvature, chunk_size=chunk_size)._apply(v)
+
+
+class ParameterOperator:
+    """Matrix-free parameter-space curvature ``A`` (Hessian or Gauss-Newton) at fixed ``x``.
+
+    ``A @ v`` and ``A.matvec(v)`` take a flat ``(P,)`` vector or a ``(P, k)`` matrix (or a
+    mapping of names to arrays) and return the same structure. ``shape`` is ``(P, P)``.
+    """
+
+    def __init__(self, model: Sequential, x: Array, curvature: str, chunk_size: int | None) -> None:
+        if curvature not in ("hessian", "gauss_newton"):
+            raise ValueError(f"curvature must be 'hessian' or 'gauss_newton', got {curvature!r}")
+        self.model, self.xp, self.x, _ = _prepare(model, x, curvature == "gauss_newton")
+        self.ggn = curvature == "gauss_newton"
+        self.params = self.model.parameters()
+        total = sum(_size(p) for p in self.params.values())
+        self.shape = (total, total)
+        self.dtype = self.x.dtype
+        plan = make_plan(self.model.layers, self.x.shape[0], self.x.shape[1], self.x, self.xp, mode="forward", chunk_size=chunk_size)
+        self._chunk = plan.chunk_size
+
+    def _apply(self, v: Any) -> Any:
+        xp = self.xp
+        if isinstance(v, dict):
+            unknown = set(v) - set(self.params)
+            if unknown:
+                raise KeyError(f"unknown parameter names {sorted(unknown)}; valid names are {list(self.params)}")
+            dirs = {}
+            for name, p in self.params.items():
+                if name in v:
+                    if tuple(v[name].shape) != tuple(p.shape):
+                        raise ValueError(f"v[{name!r}] must have shape {tuple(p.shape)}, got {tuple(v[name].shape)}")
+                    dirs[name] = xp.astype(v[name], self.dtype)[None, ...]
+            if not dirs:
+                return {n: xp.zeros_like(p) for n, p in self.params.items()}
+            out = _products(self.model, self.x, xp, dirs, self._chunk, self.ggn)
+            return {n: out[n][0, ...] for n in self.params}
+        shape = tuple(getattr(v, "shape", ()))
+        if shape not in ((self.shape[0],),) and not (len(shape) == 2 and shape[0] == self.shape[0]):
+            raise ValueError(f"v must have shape ({self.shape[0]},) or ({self.shape[0]}, k), got {shape}")
+        rows = xp.astype(v[None, :] if len(shape) == 1 else xp.permute_dims(v, (1, 0)), self.dtype)
+        found = _products(self.model, self.x, xp, _unflatten(self.model, rows, xp), self._chunk, self.ggn)
+        out = _flatten_columns(self.model, found, xp)  # (k, P)
+        return out[0, :] if len(shape) == 1 else xp.permute_dims(out, (1, 0))
+
+    def matvec(self, v: Any) -> Any:
+        """``A v`` for a flat vector ``(P,)``, a matrix ``(P, k)`` or a name mapping."""
+        return self._apply(v)
+
+    def __matmul__(self, v: Any) -> Any:
+        return self._apply(v)
+
+    def __repr__(self) -> str:
+        kind = "GaussNewton" if self.ggn else "Hessian"
+        return f"ParameterOperator({kind}, shape={self.shape})"
+
+
+def parameter_operator(
+    model: Sequential, x: Array, *, curvature: str = "hessian", chunk_size: int | None = None
+) -> ParameterOperator:
+    """Matrix-free operator for the parameter Hessian or Gauss-Newton matrix at ``x``.
+
+    Examples
+    --------
+    >>> import numpy as np, hessarray as ha
+    >>> rng = np.random.default_rng(0)
+    >>> model = ha.Sequential(ha.Dense(rng.standard_normal((2, 3))), ha.Tanh(), ha.MSELoss(np.zeros(2)))
+    >>> G = ha.parameter_operator(model, rng.standard_normal((4, 3)), curvature="gauss_newton")
+    >>> G.shape, (G @ np.ones(6)).shape
+    ((6, 6), (6,))
+    """
+    return ParameterOperator(model, x, curvature, chunk_size)
