@@ -76,7 +76,7 @@ def _per_sample(out: tuple, scalar: bool, single: bool) -> tuple:
 def _blocks(model, x2, xp, chunk_size, fn, *extra) -> tuple:
     """Run ``fn`` (value first) over blocks of ``x2``: forward-mode sized unless given."""
     p = make_plan(model.layers, x2.shape[0], x2.shape[1], x2, xp, mode="forward", chunk_size=chunk_size)
-    return map_blocks(fn, model.layers, x2, p.chunk_size, ("cat", "cat"), xp, *extra)
+    return map_blocks(fn, model.layers, x2, p, ("cat", "cat"), xp, *extra)
 
 
 def derivatives(

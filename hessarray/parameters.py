@@ -82,7 +82,7 @@ def _blocks(model, x, blocks, flat, per_sample, chunk_size, max_bytes, ggn) -> A
             return tuple(found[p] for p in local)
 
         how = "cat" if per_sample else "sum"
-        values = map_blocks(run, model.layers, x2, plan.chunk_size, (how,) * len(pairs), xp)
+        values = map_blocks(run, model.layers, x2, plan, (how,) * len(pairs), xp)
         for pair, value in zip(pairs, values):
             if per_sample:  # (B, 1, ...): the outputs are summed
                 value = value[0, 0, ...] if single else value[:, 0, ...]
@@ -107,18 +107,18 @@ def _full_matrix(model, x2, xp, chunk_size, ggn) -> Array:
     for start in range(0, total, block):
         stop = min(start + block, total)
         v = _unflatten(model, eye[start:stop, :], xp)
-        rows.append(_flatten_columns(model, _products(model, x2, xp, v, plan.chunk_size, ggn), xp))
+        rows.append(_flatten_columns(model, _products(model, x2, xp, v, plan, ggn), xp))
     return xp.concat(rows, axis=0) if len(rows) > 1 else rows[0]
 
 
-def _products(model, x2, xp, v: dict[str, Array], chunk: int, ggn: bool) -> dict[str, Array]:
+def _products(model, x2, xp, v: dict[str, Array], plan: Any, ggn: bool) -> dict[str, Array]:
     names = list(model.parameters())
 
     def run(layers, xb):
         found = parameter_products(layers, xb, v, ggn)
         return tuple(found[n] for n in names)
 
-    values = map_blocks(run, model.layers, x2, chunk, ("sum",) * len(names), xp)
+    values = map_blocks(run, model.layers, x2, plan, ("sum",) * len(names), xp)
     return dict(zip(names, values))
 
 
@@ -306,7 +306,7 @@ class ParameterOperator:
         self.shape = (total, total)
         self.dtype = self.x.dtype
         plan = make_plan(self.model.layers, self.x.shape[0], self.x.shape[1], self.x, self.xp, mode="forward", chunk_size=chunk_size)
-        self._chunk = plan.chunk_size
+        self._plan = plan
 
     def _apply(self, v: Any) -> Any:
         xp = self.xp
@@ -322,13 +322,13 @@ class ParameterOperator:
                     dirs[name] = xp.astype(v[name], self.dtype)[None, ...]
             if not dirs:
                 return {n: xp.zeros_like(p) for n, p in self.params.items()}
-            out = _products(self.model, self.x, xp, dirs, self._chunk, self.ggn)
+            out = _products(self.model, self.x, xp, dirs, self._plan, self.ggn)
             return {n: out[n][0, ...] for n in self.params}
         shape = tuple(getattr(v, "shape", ()))
         if shape not in ((self.shape[0],),) and not (len(shape) == 2 and shape[0] == self.shape[0]):
             raise ValueError(f"v must have shape ({self.shape[0]},) or ({self.shape[0]}, k), got {shape}")
         rows = xp.astype(v[None, :] if len(shape) == 1 else xp.permute_dims(v, (1, 0)), self.dtype)
-        found = _products(self.model, self.x, xp, _unflatten(self.model, rows, xp), self._chunk, self.ggn)
+        found = _products(self.model, self.x, xp, _unflatten(self.model, rows, xp), self._plan, self.ggn)
         out = _flatten_columns(self.model, found, xp)  # (k, P)
         return out[0, :] if len(shape) == 1 else xp.permute_dims(out, (1, 0))
 

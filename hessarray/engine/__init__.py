@@ -26,7 +26,7 @@ def input_derivatives(layers: list[Layer], x: Any, xp: Any, plan: Plan, hessian:
         lambda block, xb: run(block, xb, hessian),
         layers,
         x,
-        plan.chunk_size,
+        plan,
         ("cat", "cat", "cat" if hessian else "none"),
         xp,
     )
@@ -49,7 +49,7 @@ def param_derivatives(
         lambda block, xb: parameter_derivatives(block, xb, index, name, plan.mode, hessian, per_sample),
         layers,
         x,
-        plan.chunk_size,
+        plan,
         (how, how, how if hessian else "none"),
         xp,
     )

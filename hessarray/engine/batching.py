@@ -1,18 +1,57 @@
-"""Running a computation block by block over the batch."""
+"""Running a computation block by block over the batch, optionally on several threads.
+
+On NumPy the blocks are independent, cache-sized pieces of work: running them on one thread
+per core, each calling single-threaded BLAS, keeps every core busy with in-cache GEMMs *and*
+elementwise work (BLAS's own threads help only the GEMMs, and spin-wait on small ones). NumPy
+releases the GIL in both. BLAS threads are limited with ``threadpoolctl`` during the call,
+when it is installed; without it the blocks run one after another.
+"""
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from typing import Any
 
 from ..layers.base import Layer
+
+try:  # optional: limits BLAS threads while blocks run in parallel
+    from threadpoolctl import threadpool_limits
+except ImportError:  # pragma: no cover - exercised where threadpoolctl is absent
+    threadpool_limits = None
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+_busy = threading.local()
+
+
+def default_workers() -> int:
+    """Threads for block-parallel NumPy work: ``HESSARRAY_THREADS`` or the core count
+    (1 without ``threadpoolctl``)."""
+    env = os.environ.get("HESSARRAY_THREADS")
+    if env:
+        return max(1, int(env))
+    if threadpool_limits is None:
+        return 1
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def _executor(workers: int) -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool._max_workers < workers:
+            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hessarray")
+        return _pool
 
 
 def map_blocks(
     fn: Callable[..., tuple],
     layers: list[Layer],
     x: Any,
-    chunk: int,
+    plan: Any,
     combine: tuple[str, ...],
     xp: Any,
     *extra: Any,
@@ -23,14 +62,27 @@ def map_blocks(
     ``combine[i]`` says how output ``i`` of the blocks is joined: ``"cat"`` along the batch
     axis, ``"sum"`` added up, ``"none"`` (the output is ``None``).
     """
-    batch = x.shape[0]
+    batch, chunk = x.shape[0], plan.chunk_size
     if chunk >= batch:
         return fn(layers, x, *extra)
-    parts = []
-    for start in range(0, batch, chunk):
+
+    def run(start: int) -> tuple:
         stop = min(start + chunk, batch)
         block = [layer.batch_slice(start, stop) for layer in layers]
-        parts.append(fn(block, x[start:stop, ...], *(a[start:stop, ...] for a in extra)))
+        return fn(block, x[start:stop, ...], *(a[start:stop, ...] for a in extra))
+
+    starts = range(0, batch, chunk)
+    workers = min(plan.workers, len(starts))
+    if workers > 1 and not getattr(_busy, "active", False):
+        limit = threadpool_limits(1, user_api="blas") if threadpool_limits else nullcontext()
+        _busy.active = True  # nested calls (a model's function calling hessarray) stay serial
+        try:
+            with limit:
+                parts = list(_executor(workers).map(run, starts))
+        finally:
+            _busy.active = False
+    else:
+        parts = [run(start) for start in starts]
     out = []
     for i, how in enumerate(combine):
         items = [p[i] for p in parts]

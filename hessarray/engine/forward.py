@@ -62,14 +62,21 @@ def forward_mode(
         first = next((i for i, s in enumerate(steps) if s.layer.has_curvature), len(steps))
         if first < len(steps):
             g_out[first:] = adjoints(steps[first:], identity_seed(xp, batch, m, x))
-    t = identity_seed(xp, batch, d, x) if seed is None else seed
-    k = t.shape[1]
+    k = d if seed is None else seed.shape[1]
+    t = seed
     h = None
     for step, g in zip(steps, g_out):
-        t, factors = step.layer.push(step.cache, t, g)
+        if t is None and g is None:  # first layer, no curvature: write its Jacobian down
+            t, factors = step.layer.push_identity(step.cache, x), []
+        else:
+            if t is None:
+                t = identity_seed(xp, batch, d, x)
+            t, factors = step.layer.push(step.cache, t, g)
         term = contract(xp, factors, batch, m, k, part)
         if term is not None:
             h = term if h is None else h + term
+    if t is None:  # no layers
+        t = identity_seed(xp, batch, d, x)
     jac = xp.permute_dims(t, (0, 2, 1))
     if not hessian:
         return y, jac, None

@@ -9,7 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import array_api_compat
+
 from .._backend import is_eager_cpu
+from .batching import default_workers
 from ..layers.base import Layer
 
 MODES = ("auto", "forward", "reverse")
@@ -33,11 +36,14 @@ class Plan:
         Samples per block; the batch is processed block by block.
     flops : dict
         Estimated multiply-adds per sample of each mode.
+    workers : int
+        Threads the blocks run on (NumPy only; see :mod:`hessarray.engine.batching`).
     """
 
     mode: str
     chunk_size: int
     flops: dict[str, float] = field(default_factory=dict)
+    workers: int = 1
 
 
 def check_mode(mode: str) -> None:
@@ -95,4 +101,5 @@ def make_plan(
         chunk = max(16, BLOCK_BYTES // max(per_sample, 1))
     else:  # GPUs, XLA and Dask schedule large blocks themselves
         chunk = max(batch, 1)
-    return Plan(mode, max(1, min(chunk, max(batch, 1))), flops)
+    workers = default_workers() if array_api_compat.is_numpy_namespace(xp) else 1
+    return Plan(mode, max(1, min(chunk, max(batch, 1))), flops, workers)

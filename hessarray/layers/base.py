@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from .._backend import array_namespace, matmul_last
+from .._backend import array_namespace, device, matmul_last
 
 Array = Any
 
@@ -83,6 +83,17 @@ class Layer:
             is formed. A layer without curvature returns ``[]``.
         """
         raise NotImplementedError
+
+    def push_identity(self, cache: Any, like: Array) -> Array:
+        """``push`` of the identity seed ``(B, n_in, n_in)``: the Jacobian, rows = inputs.
+
+        Layers override it when the Jacobian is cheaper to write down than to push (a dense
+        layer's is ``Wᵀ``, broadcast, with no GEMM).
+        """
+        xp = array_namespace(like)
+        batch, n = like.shape
+        eye = xp.eye(n, dtype=like.dtype, device=device(like))
+        return self.push(cache, xp.broadcast_to(eye[None, ...], (batch, n, n)))[0]
 
     def pull(self, cache: Any, g: Array) -> Array:
         """Vector-Jacobian products: ``(B, M, n_out) -> (B, M, n_in)``, ``g ∂y/∂x``."""

@@ -78,6 +78,11 @@ class Dense(Layer):
         _, w = cache
         return matmul_last(array_namespace(t), t, w.T), []
 
+    def push_identity(self, cache: Any, like: Array) -> Array:
+        _, w = cache
+        xp = array_namespace(like)
+        return xp.broadcast_to(w.T[None, ...], (like.shape[0], *w.T.shape))
+
     def pull(self, cache: Any, g: Array) -> Array:
         _, w = cache
         return matmul_last(array_namespace(g), g, w)
