@@ -23,6 +23,8 @@ from .api import (
     plan,
 )
 from .engine.plan import Plan
+from .convert import from_torch
+from .io import load, save
 from .layers import (
     ELU,
     Cos,
@@ -84,6 +86,7 @@ __all__ = [
     "Sum",
     "Tanh",
     "derivatives",
+    "from_torch",
     "gauss_newton",
     "gradient",
     "hessian",
@@ -91,8 +94,10 @@ __all__ = [
     "hvp",
     "jacobian",
     "laplacian",
+    "load",
     "parameter_hessian",
     "parameter_hvp",
     "parameter_operator",
     "plan",
+    "save",
 ]

@@ -9,7 +9,28 @@ from __future__ import annotations
 from typing import Any
 
 import array_api_compat
-from array_api_compat import array_namespace, device, is_array_api_obj
+import numpy
+from array_api_compat import device, is_array_api_obj
+
+_NAMESPACES: dict[type, Any] = {}
+# NumPy >= 2.1 implements the 2023.12 standard in its main namespace: using it directly
+# skips array-api-compat's wrappers, which cost more than the work for small blocks.
+_NUMPY_NATIVE = getattr(numpy, "__array_api_version__", "") >= "2023.12"
+
+
+def array_namespace(*arrays: Any) -> Any:
+    """``array_api_compat.array_namespace``, cached by array type (it depends on the type
+    only); NumPy arrays get ``numpy`` itself where it implements the standard."""
+    if len(arrays) != 1:
+        return array_api_compat.array_namespace(*arrays)
+    kind = type(arrays[0])
+    xp = _NAMESPACES.get(kind)
+    if xp is None:
+        xp = array_api_compat.array_namespace(arrays[0])
+        if _NUMPY_NATIVE and array_api_compat.is_numpy_namespace(xp):
+            xp = numpy
+        _NAMESPACES[kind] = xp
+    return xp
 
 __all__ = [
     "array_namespace",
@@ -62,7 +83,9 @@ def check_inputs(x: Any, arrays: list[tuple[str, Any]]) -> Any:
                 f"{name} is {describe(a)} but x is {describe(x)}; "
                 f"convert one of them so both use the same library"
             )
-        if device(a) != where:
+        other_where = device(a)
+        # Under jax.jit a tracer has no device (None): nothing to compare.
+        if where is not None and other_where is not None and other_where != where:
             raise TypeError(
                 f"the model and its input live on different devices: "
                 f"{name} is {describe(a)} but x is {describe(x)}; move one of them"
@@ -108,7 +131,7 @@ def is_lazy(xp: Any) -> bool:
 def is_eager_cpu(xp: Any, x: Any) -> bool:
     """Whether ``x`` is computed eagerly on a CPU (NumPy, array-api-strict, torch CPU): there,
     blocks of samples that fit in cache are faster than one large block."""
-    if array_api_compat.is_numpy_namespace(xp) or "array_api_strict" in xp.__name__:
+    if xp is numpy or array_api_compat.is_numpy_namespace(xp) or "array_api_strict" in xp.__name__:
         return True
     if array_api_compat.is_torch_namespace(xp):
         return x.device.type == "cpu"

@@ -45,6 +45,11 @@ def resolve_namespace(xp: Any = None) -> Any:
     TypeError
         If ``xp`` is not an array namespace.
     """
+    if xp is not None and not isinstance(getattr(xp, "__name__", None), str):
+        raise TypeError(
+            f"xp must be an array namespace or library module (numpy, cupy, jax.numpy, torch, "
+            f"array_api_strict, dask.array), got {xp!r}"
+        )
     if xp is None or array_api_compat.is_numpy_namespace(xp):
         import array_api_compat.numpy as compat_numpy
 
@@ -232,7 +237,9 @@ def from_torch(module: Any, *, xp: Any = None, device: Any = None, dtype: Any = 
     layers: list[Layer] = []
 
     def walk(container: Any, prefix: str) -> None:
-        for index, (name, child) in enumerate(container.named_children()):
+        # ``_modules``, not ``named_children()``: the latter skips a module used twice, which
+        # ``Sequential.forward`` applies twice.
+        for index, (name, child) in enumerate(container._modules.items()):
             where = f"{prefix}{index}"
             named = "" if name == str(index) else f" named {name!r}"
             if isinstance(child, torch.nn.Sequential) and type(child).forward is torch.nn.Sequential.forward:
@@ -249,7 +256,9 @@ def from_torch(module: Any, *, xp: Any = None, device: Any = None, dtype: Any = 
                 continue
             params = [child.weight] + ([] if child.bias is None else [child.bias])
             if any(isinstance(p, torch.nn.parameter.UninitializedParameter) for p in params):
-                raise ValueError(f"module {where} (Linear){named} has uninitialized (lazy) parameters; run it once first")
+                raise ValueError(
+                    f"module {where} (Linear){named} has uninitialized (lazy) parameters; run the module once first"
+                )
             bias = None if child.bias is None else copy(child.bias)
             layers.append(Dense(copy(child.weight), bias))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from ._backend import check_inputs
+from ._backend import check_inputs, device, is_array_api_obj
 from .layers.base import Array, Layer, forward_chain
 
 
@@ -41,6 +41,8 @@ class Sequential:
             if layer.scalar_output and i != len(layers) - 1:
                 raise ValueError(f"layer {i} ({layer!r}) reduces each sample to a number; it must be last")
         self.layers: list[Layer] = list(layers)
+        self._checked: dict = {}  # (type, device) of inputs already checked -> namespace
+        self._widths_seen: dict[int, int] = {}
         start = next((i for i, l in enumerate(self.layers) if l.in_width is not None), None)
         if start is not None:
             self._widths(self.layers[start].in_width, start)
@@ -99,12 +101,21 @@ class Sequential:
 
     def output_width(self, d: int) -> int:
         """Width of the output for inputs of width ``d``; ``ValueError`` on a mismatch."""
-        return self._widths(d)[-1]
+        if d not in self._widths_seen:
+            self._widths_seen[d] = self._widths(d)[-1]
+        return self._widths_seen[d]
 
     # -- evaluation -----------------------------------------------------------------------------
     def prepare(self, x: Any) -> tuple[Any, Array, bool]:
         """Check ``x`` against the model; return ``(xp, x as (B, d), whether x was 1-D)``."""
-        xp = check_inputs(x, self.arrays())
+        # The model's arrays never change, so one check per input type and device is enough.
+        key = (type(x), str(device(x)) if is_array_api_obj(x) else None)
+        xp = self._checked.get(key)
+        if xp is None:
+            xp = check_inputs(x, self.arrays())
+            self._checked[key] = xp
+        elif not xp.isdtype(x.dtype, "real floating"):
+            check_inputs(x, [])  # raises the dtype error
         if x.ndim not in (1, 2):
             raise ValueError(f"x must have shape (batch, d) or (d,), got shape {tuple(x.shape)}")
         single = x.ndim == 1

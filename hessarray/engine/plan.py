@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import array_api_compat
+import numpy
 
 from .._backend import is_eager_cpu
 from .batching import default_workers
@@ -101,5 +102,5 @@ def make_plan(
         chunk = max(16, BLOCK_BYTES // max(per_sample, 1))
     else:  # GPUs, XLA and Dask schedule large blocks themselves
         chunk = max(batch, 1)
-    workers = default_workers() if array_api_compat.is_numpy_namespace(xp) else 1
+    workers = default_workers() if array_api_compat.is_numpy_namespace(xp) or xp is numpy else 1
     return Plan(mode, max(1, min(chunk, max(batch, 1))), flops, workers)
