@@ -6,6 +6,7 @@ backend), never from array values, so it is the same under ``jax.jit`` and on Da
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +55,11 @@ def check_mode(mode: str) -> None:
 
 def estimate(layers: list[Layer], d: int, hessian: bool) -> tuple[dict[str, float], int, int]:
     """Per-sample multiply-adds of each mode, the output width ``m`` and the widest layer."""
+    return _estimate(tuple(layers), d, hessian)
+
+
+@functools.lru_cache(maxsize=128)  # layers are immutable; planning is on every call
+def _estimate(layers: tuple[Layer, ...], d: int, hessian: bool) -> tuple[dict[str, float], int, int]:
     n, widest, fwd, rev, one = d, d, 0.0, 0.0, 0.0
     widths = [d]
     for layer in layers:
@@ -87,6 +93,7 @@ def make_plan(
     """
     check_mode(mode)
     flops, m, widest = estimate(layers, d, hessian)
+    flops = dict(flops)
     if mode == "auto":
         mode = "forward" if flops["forward"] <= flops["reverse"] else "reverse"
     if chunk_size is not None:
