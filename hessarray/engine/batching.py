@@ -67,6 +67,7 @@ def map_blocks(
         return fn(layers, x, *extra)
 
     def run(start: int) -> tuple:
+        _busy.active = True  # on a pool thread: hessarray calls made from here stay serial
         stop = min(start + chunk, batch)
         block = [layer.batch_slice(start, stop) for layer in layers]
         return fn(block, x[start:stop, ...], *(a[start:stop, ...] for a in extra))

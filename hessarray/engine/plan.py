@@ -6,7 +6,7 @@ backend), never from array values, so it is the same under ``jax.jit`` and on Da
 
 from __future__ import annotations
 
-import functools
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,13 +53,27 @@ def check_mode(mode: str) -> None:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
 
+_ESTIMATES: dict[tuple, tuple] = {}
+
+
 def estimate(layers: list[Layer], d: int, hessian: bool) -> tuple[dict[str, float], int, int]:
-    """Per-sample multiply-adds of each mode, the output width ``m`` and the widest layer."""
-    return _estimate(tuple(layers), d, hessian)
+    """Per-sample multiply-adds of each mode, the output width ``m`` and the widest layer.
+
+    Remembered per chain of layers (layers are immutable; a plan is made on every call),
+    through weak references so that the cache keeps no model alive.
+    """
+    key = (tuple(map(id, layers)), d, hessian)
+    hit = _ESTIMATES.get(key)
+    if hit is not None and all(r() is layer for r, layer in zip(hit[0], layers)):
+        return hit[1]
+    result = _estimate(layers, d, hessian)
+    if len(_ESTIMATES) > 256:
+        _ESTIMATES.clear()
+    _ESTIMATES[key] = (tuple(weakref.ref(layer) for layer in layers), result)
+    return result
 
 
-@functools.lru_cache(maxsize=128)  # layers are immutable; planning is on every call
-def _estimate(layers: tuple[Layer, ...], d: int, hessian: bool) -> tuple[dict[str, float], int, int]:
+def _estimate(layers: list[Layer], d: int, hessian: bool) -> tuple[dict[str, float], int, int]:
     n, widest, fwd, rev, one = d, d, 0.0, 0.0, 0.0
     widths = [d]
     for layer in layers:

@@ -4,16 +4,12 @@ A layer maps one sample ``x`` of width ``n_in`` to ``y`` of width ``n_out``; eve
 on a whole block of samples at once. Shapes (``B`` samples, ``k`` tangent directions, ``m``
 model outputs that adjoints belong to):
 
-============  =====================  ==============================================
-name          shape                  meaning
-============  =====================  ==============================================
-``x``         ``(B, n_in)``          layer input
-``t``         ``(B, k, n_in)``       forward tangents ``dx/dseed`` (rows = directions)
-``g``         ``(B, m, n_out)``      adjoints ``d out_i / dy``
-``h``         ``(B, m, n_out, n_out)``  Hessians ``d² out_i / dy²`` (``None`` = zero)
-``(L, R)``    ``(B, m, k, r)``,      curvature factors: ``tᵀ (Σ_j g_j ∇²y_j) t``
-              ``(B, k, r)``          equals ``L @ Rᵀ`` summed over the factor pairs
-============  =====================  ==============================================
+- ``x`` ``(B, n_in)``: the layer input;
+- ``t`` ``(B, k, n_in)``: forward tangents ``dx/dseed`` (rows are directions);
+- ``g`` ``(B, m, n_out)``: adjoints ``d out_i / dy``;
+- ``h`` ``(B, m, n_out, n_out)``: Hessians ``d² out_i / dy²`` (``None`` is zero);
+- ``(L, R)`` ``(B, m, k, r)`` and ``(B, k, r)``: curvature factors; ``tᵀ (Σ_j g_j ∇²y_j) t``
+  is ``L @ Rᵀ`` summed over the factor pairs.
 
 Tangents keep the feature axis last so that a dense layer pushes all ``B·k`` of them with one
 GEMM. The engine never looks at a layer's type; it only calls the methods below.
@@ -39,8 +35,10 @@ class Step(NamedTuple):
 class Layer:
     """Base class and contract of a layer ``y = φ(x)`` applied to every sample of a batch.
 
-    Subclasses override :meth:`forward`, :meth:`push`, :meth:`pull` and
-    :meth:`pull_hessian`. Layers are immutable after construction: all
+    Subclasses override :meth:`forward`, :meth:`push`, :meth:`pull`, :meth:`pull_hessian`
+    and, when they have curvature, :meth:`curvature_apply`; layers with parameters also
+    :meth:`param_owner`, :meth:`param_gradient`, :meth:`param_hessian`,
+    :meth:`push_params`, :meth:`curvature_apply_params` and :meth:`param_second`. Layers are immutable after construction: all
     per-call state lives in the ``cache`` that :meth:`forward` returns.
     """
 
@@ -116,6 +114,8 @@ class Layer:
         or ``None`` for a layer without curvature. Used by Hessian-vector products
         (forward over reverse) at cost ``O(n k)`` per sample for an elementwise layer.
         """
+        if self.has_curvature:
+            raise NotImplementedError(f"{type(self).__name__} has curvature but no curvature_apply")
         return None
 
     # -- parameter directions (parameter-space products) ---------------------------------------
