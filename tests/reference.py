@@ -17,6 +17,7 @@ taken from hessarray.
 from __future__ import annotations
 
 import functools
+import hashlib
 from typing import Any
 
 import array_api_compat
@@ -367,6 +368,37 @@ def jax_reference(spec, x: np.ndarray, wrt: str | None = None) -> dict[str, np.n
     res["jacobian"] = _jac_blocks(res["jacobian"], scalar)
     res["hessian"] = _blocks(res["hessian"], scalar)
     return res
+
+
+_CACHE: dict[str, dict[str, np.ndarray]] = {}
+
+
+def _key(*parts) -> str:
+    h = hashlib.sha256()
+
+    def feed(obj):
+        if isinstance(obj, np.ndarray):
+            h.update(f"array{obj.dtype}{obj.shape}".encode())
+            h.update(np.ascontiguousarray(obj).tobytes())
+        elif isinstance(obj, list | tuple):
+            h.update(f"seq{len(obj)}(".encode())
+            for item in obj:
+                feed(item)
+            h.update(b")")
+        else:
+            h.update(repr(obj).encode())
+
+    for part in parts:
+        feed(part)
+    return h.hexdigest()
+
+
+def cached_jax_reference(spec, x: np.ndarray, wrt: str | None = None) -> dict[str, np.ndarray]:
+    """:func:`jax_reference`, remembered by content: tests run once per backend reuse it."""
+    key = _key("jax", spec, x, wrt)
+    if key not in _CACHE:
+        _CACHE[key] = jax_reference(spec, x, wrt)
+    return _CACHE[key]
 
 
 def torch_reference(spec, x: np.ndarray, wrt: str | None = None) -> dict[str, np.ndarray]:

@@ -6,10 +6,17 @@ is drawn by Hypothesis; array values come from a NumPy generator seeded by a dra
 
 from __future__ import annotations
 
+import os
+import random
 from dataclasses import dataclass
 
 import numpy as np
 from hypothesis import strategies as st
+
+#: One seed for every Hypothesis test of a session, so that the tests parametrized over
+#: backends draw the same examples and share cached references; set
+#: HESSARRAY_HYPOTHESIS_SEED to repeat a session.
+HYPOTHESIS_SEED = int(os.environ.get("HESSARRAY_HYPOTHESIS_SEED") or random.randrange(2**32))
 
 #: activations that keep values bounded or grow at most linearly
 MILD = ["tanh", "sigmoid", "softplus", "relu", "leaky_relu", "elu", "silu", "logcosh", "sin", "cos", "identity", "user"]

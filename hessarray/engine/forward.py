@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy
+
 from .._backend import array_namespace, device
 from ..layers.base import Layer, adjoints, forward_chain
 
@@ -36,7 +38,10 @@ def contract(xp: Any, factors: list, batch: int, m: int, k: int, part: str) -> A
             term = xp.sum(left * right[:, None, ...], axis=-1)
         else:
             left = xp.reshape(left, (batch, m * k, left.shape[-1]))
-            term = xp.reshape(xp.matmul(left, xp.permute_dims(right, (0, 2, 1))), (batch, m, k, k))
+            right_t = xp.permute_dims(right, (0, 2, 1))
+            if k >= 8 and xp is numpy:  # NumPy fast path: a transposed view falls off BLAS
+                right_t = numpy.ascontiguousarray(right_t)
+            term = xp.reshape(xp.matmul(left, right_t), (batch, m, k, k))
         h = term if h is None else h + term
     return h
 
