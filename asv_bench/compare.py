@@ -531,8 +531,11 @@ def rel_error(out: tuple, ref: tuple) -> float:
 
 
 def timed(fn: Fn, x: Any, number: int = 1) -> float:
-    """Seconds per call of ``fn(x)`` (``number`` calls in a row, garbage collector off)."""
-    gc.collect()
+    """Seconds per call of ``fn(x)`` (``number`` calls in a row, garbage collector off).
+
+    (No ``gc.collect()`` here: with TensorFlow, torch and JAX loaded one takes ~0.1 s; the
+    round-robin loop collects once per round instead.)
+    """
     gc.disable()
     try:
         start = time.perf_counter()
@@ -568,16 +571,24 @@ class Settings:
     probe: int = 32  # samples of the first try of a system that is not compiled per shape
 
 
-def pick_threads(built: Built, xin: Any, t_one: float) -> tuple[int | None, float]:
-    """The faster thread count for ``built`` on ``xin`` (``t_one``: a call on one thread)."""
+def pick_threads(built: Built, xin: Any) -> int | None:
+    """The faster thread count for ``built`` (None: it has no pool to resize).
+
+    Tried on an eighth of the samples (a slow pool can be many times slower: no need to wait
+    for it on the whole batch); one thread is kept unless the default pool is faster.
+    """
     if not built.knob or NCORES == 1:
-        return None, t_one
-    THREADS.apply(built.knob, NCORES)
-    t = timed(built.fn, xin)  # warms the pool; a much slower pool is not tried again
-    if t < 1.5 * t_one:
-        t = min(t, timed(built.fn, xin))
+        return None
+    n = xin.shape[0]
+    xs = xin[: max(1, n // 8)] if n >= 64 else xin
     THREADS.apply(built.knob, 1)
-    return (NCORES, t) if t < t_one else (1, t_one)
+    t_one = min(timed(built.fn, xs) for _ in range(2))
+    THREADS.apply(built.knob, NCORES)
+    t = timed(built.fn, xs)  # warms the pool; a much slower pool is not tried again
+    if t < 1.5 * t_one:
+        t = min(t, timed(built.fn, xs))
+    THREADS.apply(built.knob, 1)
+    return NCORES if t < t_one else 1
 
 
 def compare(
@@ -624,10 +635,9 @@ def compare(
                 row.status = "MISMATCH"
                 log(f"  {system.name}: MISMATCH, relative error {row.error:.2e} > {rtol:g}")
                 continue
-            t_one = timed(built.fn, xin)
-            if built.knob is None:
-                t_one = min(t_one, timed(built.fn, xin))
-            row.threads, t = pick_threads(built, xin, t_one)
+            row.threads = pick_threads(built, xin)
+            THREADS.apply(built.knob, row.threads or 1)
+            t = timed(built.fn, xin)
             number = max(1, math.ceil(st.min_measure_s / max(t, 1e-9)))
             base = st.repeats if t < 1 else 3
             row.repeats = int(min(st.max_repeats, max(base, st.budget_s // max(t * number, 1e-9))))
@@ -642,6 +652,7 @@ def compare(
             log(f"  {system.name}: {row.status}")
     rounds = max((r.repeats for r, *_ in live), default=0)
     for k in range(rounds):
+        gc.collect()
         for row, built, xin, number in live:
             if k < row.repeats:
                 THREADS.apply(built.knob, row.threads or 1)

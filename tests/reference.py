@@ -401,6 +401,15 @@ def cached_jax_reference(spec, x: np.ndarray, wrt: str | None = None) -> dict[st
     return _CACHE[key]
 
 
+def cached_torch_reference(spec, x: np.ndarray, wrt: str | None = None) -> dict[str, np.ndarray]:
+    """:func:`torch_reference`, remembered by content. ``torch.func`` runs eagerly, without
+    JAX's compilation per architecture, so the many fixed-model tests use it."""
+    key = _key("torch", spec, x, wrt)
+    if key not in _CACHE:
+        _CACHE[key] = torch_reference(spec, x, wrt)
+    return _CACHE[key]
+
+
 def torch_reference(spec, x: np.ndarray, wrt: str | None = None) -> dict[str, np.ndarray]:
     """The same quantities as :func:`jax_reference`, from ``torch.func`` in float64."""
     import torch
