@@ -22,8 +22,8 @@ from .api import (
     laplacian,
     plan,
 )
-from .engine.plan import Plan
 from .convert import from_torch
+from .engine.plan import Plan
 from .io import load, save
 from .layers import (
     ELU,

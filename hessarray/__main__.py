@@ -118,7 +118,9 @@ def demo() -> int:
         if to_backend is None:
             print(f"  {name:17s} {devices}")
             continue
-        h = ha.hessian(notebook_model({k: to_backend(v) for k, v in arrays.items()}), to_backend(arrays["x"]), wrt="0.weight")
+        h = ha.hessian(
+            notebook_model({k: to_backend(v) for k, v in arrays.items()}), to_backend(arrays["x"]), wrt="0.weight"
+        )
         rel = np.max(np.abs(to_numpy(h) - hess_w1)) / np.max(np.abs(hess_w1))
         print(f"  {name:17s} devices: {devices:30s} result {type(h).__name__}, max rel. diff {rel:.1e}")
     return 0

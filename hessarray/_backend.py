@@ -32,6 +32,7 @@ def array_namespace(*arrays: Any) -> Any:
         _NAMESPACES[kind] = xp
     return xp
 
+
 __all__ = [
     "array_namespace",
     "check_inputs",

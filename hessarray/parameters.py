@@ -71,22 +71,21 @@ def _blocks(model, x, blocks, flat, per_sample, chunk_size, max_bytes, ggn) -> A
         return matrix if flat else _split(model, matrix, xp)
     plan = make_plan(model.layers, x2.shape[0], x2.shape[1], x2, xp, mode="forward", chunk_size=chunk_size)
     out: dict[tuple[str, str], Array] = {}
-    for group, names in _groups(model).items():
-        index, _, local_owner = names[0].partition(".")
-        pairs = [(a, b) for a in names for b in names]
-        local = [(a.partition(".")[2].rpartition(".")[2], b.partition(".")[2].rpartition(".")[2]) for a, b in pairs]
-        first = names[0].partition(".")[2]
+    how = "cat" if per_sample else "sum"
+    for owner, names in _groups(model).items():
+        # "2.0.weight": top-level layer 2, name "0.weight" inside it, "weight" in its owner
+        index, _, inside = names[0].partition(".")
+        local = [(a.rpartition(".")[2], b.rpartition(".")[2]) for a in names for b in names]
 
-        def run(layers, xb, index=int(index), first=first, local=local):
-            found = owner_blocks(layers, xb, index, first, local, ggn, per_sample)
-            return tuple(found[p] for p in local)
+        def run(layers, xb, index=int(index), inside=inside, local=local):
+            found = owner_blocks(layers, xb, index, inside, local, ggn, per_sample)
+            return tuple(found[pair] for pair in local)
 
-        how = "cat" if per_sample else "sum"
-        values = map_blocks(run, model.layers, x2, plan, (how,) * len(pairs), xp)
-        for pair, value in zip(pairs, values):
+        values = map_blocks(run, model.layers, x2, plan, (how,) * len(local), xp)
+        for (a, b), value in zip(local, values):
             if per_sample:  # (B, 1, ...): the outputs are summed
                 value = value[0, 0, ...] if single else value[:, 0, ...]
-            out[pair] = value
+            out[f"{owner}.{a}", f"{owner}.{b}"] = value
     if flat:
         return _assemble(model, out, xp, x2)
     return out
@@ -305,7 +304,9 @@ class ParameterOperator:
         total = sum(_size(p) for p in self.params.values())
         self.shape = (total, total)
         self.dtype = self.x.dtype
-        plan = make_plan(self.model.layers, self.x.shape[0], self.x.shape[1], self.x, self.xp, mode="forward", chunk_size=chunk_size)
+        plan = make_plan(
+            self.model.layers, self.x.shape[0], self.x.shape[1], self.x, self.xp, mode="forward", chunk_size=chunk_size
+        )
         self._plan = plan
 
     def _apply(self, v: Any) -> Any:

@@ -8,15 +8,15 @@ from __future__ import annotations
 from typing import Any
 
 from ..layers.base import Layer
-from . import batching, curvature
 from ..layers.losses import Sum
+from . import batching, curvature
 from .batching import map_blocks
 from .forward import forward_mode
 from .params import parameter_derivatives
 from .plan import Plan, make_plan
 from .reverse import reverse_mode
 
-__all__ = ["Plan", "input_derivatives", "make_plan", "param_derivatives"]
+__all__ = ["Plan", "batching", "curvature", "input_derivatives", "make_plan", "param_derivatives"]
 
 
 def input_derivatives(layers: list[Layer], x: Any, xp: Any, plan: Plan, hessian: bool) -> tuple:

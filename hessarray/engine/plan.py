@@ -14,8 +14,8 @@ import array_api_compat
 import numpy
 
 from .._backend import is_eager_cpu
-from .batching import default_workers
 from ..layers.base import Layer
+from .batching import default_workers
 
 MODES = ("auto", "forward", "reverse")
 

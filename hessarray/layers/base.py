@@ -38,8 +38,9 @@ class Layer:
     Subclasses override :meth:`forward`, :meth:`push`, :meth:`pull`, :meth:`pull_hessian`
     and, when they have curvature, :meth:`curvature_apply`; layers with parameters also
     :meth:`param_owner`, :meth:`param_gradient`, :meth:`param_hessian`,
-    :meth:`push_params`, :meth:`curvature_apply_params` and :meth:`param_second`. Layers are immutable after construction: all
-    per-call state lives in the ``cache`` that :meth:`forward` returns.
+    :meth:`push_params`, :meth:`curvature_apply_params` and :meth:`param_second`. Layers are
+    immutable after construction: all per-call state lives in the ``cache`` that
+    :meth:`forward` returns.
     """
 
     #: ``False`` when every second derivative of the layer vanishes (dense maps, ReLU, ...):
@@ -134,9 +135,7 @@ class Layer:
         """
         return None if g is None else self.curvature_apply(cache, g, t)
 
-    def param_second(
-        self, cache: Any, g: Array | None, gd: Array, t: Array, v: dict[str, Array]
-    ) -> dict[str, Array]:
+    def param_second(self, cache: Any, g: Array | None, gd: Array, t: Array, v: dict[str, Array]) -> dict[str, Array]:
         """Directional derivative of the parameter gradient, summed over samples and outputs.
 
         ``g`` ``(B, m, n_out)`` are the adjoints at the output (``None``: zero, as in the
@@ -190,9 +189,7 @@ class Layer:
         """
         raise KeyError(name)
 
-    def param_hessian(
-        self, cache: Any, name: str, h: Array, per_sample: bool, other: str | None = None
-    ) -> Array:
+    def param_hessian(self, cache: Any, name: str, h: Array, per_sample: bool, other: str | None = None) -> Array:
         """Exact Hessian block of the outputs for parameters ``name`` and ``other``.
 
         ``h`` is ``(B, m, n_out, n_out)``, the Hessian with respect to this layer's output;

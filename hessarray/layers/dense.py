@@ -181,9 +181,7 @@ class Dense(Layer):
         # Σ_b g_b x_bᵀ as one GEMM over the batch.
         return xp.matmul(xp.sum(g, axis=1).T, x)
 
-    def param_hessian(
-        self, cache: Any, name: str, h: Array, per_sample: bool, other: str | None = None
-    ) -> Array:
+    def param_hessian(self, cache: Any, name: str, h: Array, per_sample: bool, other: str | None = None) -> Array:
         x, _ = cache
         xp = array_namespace(h)
         other = name if other is None else other
@@ -210,11 +208,7 @@ class Dense(Layer):
             return xp.reshape(full, (o, i, *shape))
         # The weight enters linearly: d²/dW² = h ⊗ x xᵀ per sample (a Kronecker product).
         if per_sample:
-            return (
-                h[:, :, :, None, :, None]
-                * x[:, None, None, :, None, None]
-                * x[:, None, None, None, None, :]
-            )
+            return h[:, :, :, None, :, None] * x[:, None, None, :, None, None] * x[:, None, None, None, None, :]
         hs = xp.reshape(xp.sum(h, axis=1), (B, o * o))
         xx = xp.reshape(x[:, :, None] * x[:, None, :], (B, i * i))
         full = xp.reshape(xp.matmul(hs.T, xx), (o, o, i, i))

@@ -121,7 +121,9 @@ class MSELoss(_Targeted):
 
     def __init__(self, target: Array) -> None:
         if not is_array_api_obj(target) or target.ndim not in (1, 2):
-            raise ValueError(f"MSELoss: target must have shape (batch, m) or (m,), got {getattr(target, 'shape', target)}")
+            raise ValueError(
+                f"MSELoss: target must have shape (batch, m) or (m,), got {getattr(target, 'shape', target)}"
+            )
         self.target = target
         self.in_width = target.shape[-1]
 
