@@ -1,0 +1,234 @@
+"""Shared helpers of the asv benchmarks: backends, synchronisation, random problems.
+
+Backends (the ``backend`` parameter of every benchmark):
+
+``numpy``
+    NumPy on the CPU.
+``torch``
+    PyTorch, on the first CUDA device when there is one, else on the CPU.
+``jax``
+    JAX on its default device; every call is compiled with ``jax.jit`` (the arrays are passed
+    as arguments) and finished with ``block_until_ready``.
+``cupy``
+    CuPy on the current CUDA device; skipped without a GPU.
+
+A backend that is not installed, or has no device here, makes ``setup`` raise
+``NotImplementedError``: asv then reports the benchmark as skipped (``n/a``), not failed.
+Timed functions on GPUs synchronise the device before they return.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+try:
+    import hessarray as ha
+except ImportError:
+    # The "existing" environment benchmarks the checkout itself when hessarray is not
+    # installed; a virtualenv built by asv must have it installed.
+    if os.environ.get("ASV_ENV_TYPE", "existing") != "existing":
+        raise
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    import hessarray as ha
+
+BACKENDS = ["numpy", "torch", "jax", "cupy"]
+
+# Import the optional libraries once, up front: with asv's "forkserver" launch method (set in
+# asv.conf.json) every benchmark process is forked from one that has them loaded already,
+# which saves seconds of imports per benchmark. Nothing is initialised here (no device, no
+# thread pool), so forking stays safe.
+for _name in ("torch", "jax", "jax.numpy"):
+    try:
+        __import__(_name)
+    except ImportError:
+        pass
+
+
+class Backend:
+    """One array library on one device: conversion, compilation and synchronisation."""
+
+    name: str = "numpy"
+    gpu: bool = False
+
+    def asarray(self, a: np.ndarray) -> Any:
+        return a
+
+    def jit(self, fn: Callable) -> Callable:
+        """``fn`` compiled for this backend (unchanged where there is nothing to compile)."""
+        return fn
+
+    def sync(self, result: Any) -> Any:
+        """Wait until ``result`` (an array or a nest of tuples/lists of them) is computed."""
+        return result
+
+    def reset_peak(self) -> None:
+        raise NotImplementedError("no device memory to track on the CPU")
+
+    def peak_bytes(self) -> int:
+        raise NotImplementedError("no device memory to track on the CPU")
+
+
+class NumpyBackend(Backend):
+    name = "numpy"
+
+    def asarray(self, a):
+        return np.asarray(a)
+
+
+class TorchBackend(Backend):
+    name = "torch"
+
+    def __init__(self) -> None:
+        try:
+            import torch
+        except ImportError:
+            raise NotImplementedError("torch is not installed") from None
+        self.torch = torch
+        self.gpu = bool(torch.cuda.is_available())
+        self.device = torch.device("cuda") if self.gpu else torch.device("cpu")
+
+    def asarray(self, a):
+        return self.torch.asarray(np.ascontiguousarray(a), device=self.device)
+
+    def sync(self, result):
+        if self.gpu:
+            self.torch.cuda.synchronize()
+        return result
+
+    def reset_peak(self):
+        if not self.gpu:
+            raise NotImplementedError("torch runs on the CPU here")
+        self.torch.cuda.synchronize()
+        self.torch.cuda.reset_peak_memory_stats()
+
+    def peak_bytes(self):
+        return int(self.torch.cuda.max_memory_allocated())
+
+
+class JaxBackend(Backend):
+    name = "jax"
+
+    def __init__(self) -> None:
+        try:
+            import jax
+            import jax.numpy as jnp
+        except ImportError:
+            raise NotImplementedError("jax is not installed") from None
+        jax.config.update("jax_enable_x64", True)
+        self.jax, self.jnp = jax, jnp
+        self.dev = jax.devices()[0]
+        self.gpu = self.dev.platform != "cpu"
+
+    def asarray(self, a):
+        return self.jax.device_put(self.jnp.asarray(a), self.dev)
+
+    def jit(self, fn):
+        return self.jax.jit(fn)
+
+    def sync(self, result):
+        return self.jax.block_until_ready(result)
+
+    def reset_peak(self):
+        if not self.gpu or not self.dev.memory_stats():
+            raise NotImplementedError("no device memory statistics for JAX here")
+        # JAX has no reset: the peak is reported since the start of the process.
+
+    def peak_bytes(self):
+        return int(self.dev.memory_stats().get("peak_bytes_in_use", 0))
+
+
+class CupyBackend(Backend):
+    name = "cupy"
+    gpu = True
+
+    def __init__(self) -> None:
+        try:
+            import cupy
+        except ImportError:
+            raise NotImplementedError("cupy is not installed") from None
+        try:
+            if cupy.cuda.runtime.getDeviceCount() < 1:
+                raise NotImplementedError("no CUDA device")
+        except Exception as exc:  # CUDARuntimeError without a driver or device
+            raise NotImplementedError(f"cupy has no usable GPU: {exc}") from None
+        self.cupy = cupy
+
+    def asarray(self, a):
+        return self.cupy.asarray(a)
+
+    def sync(self, result):
+        self.cupy.cuda.get_current_stream().synchronize()
+        return result
+
+    def reset_peak(self):
+        self.sync(None)
+        self.cupy.get_default_memory_pool().free_all_blocks()
+        self._base = self.cupy.get_default_memory_pool().total_bytes()
+
+    def peak_bytes(self):
+        # The default pool keeps every block it allocated: its total after the call is the peak
+        # the call needed (free_all_blocks before the call started from an empty pool).
+        return int(self.cupy.get_default_memory_pool().total_bytes() - self._base)
+
+
+_BACKENDS = {"numpy": NumpyBackend, "torch": TorchBackend, "jax": JaxBackend, "cupy": CupyBackend}
+
+
+def get_backend(name: str) -> Backend:
+    """The backend, or ``NotImplementedError`` (asv: skipped) when it cannot run here."""
+    return _BACKENDS[name]()
+
+
+# -- problems -------------------------------------------------------------------------------------
+
+
+def mlp_arrays(d: int, width: int, out: int = 1, depth: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
+    """Weights (``W0``, ``b0``, ...) of ``d → width (tanh) → ... → out``, float64."""
+    rng = np.random.default_rng(seed)
+    dims = [d] + [width] * depth + [out]
+    arrays = {}
+    for i in range(len(dims) - 1):
+        arrays[f"W{i}"] = rng.standard_normal((dims[i + 1], dims[i])) / np.sqrt(dims[i])
+        arrays[f"b{i}"] = 0.1 * rng.standard_normal(dims[i + 1])
+    return arrays
+
+
+def mlp_model(arrays: dict[str, Any], scalar: bool = True) -> ha.Sequential:
+    """``Dense, Tanh, ..., Dense`` (+ ``Sum`` when ``scalar``) from :func:`mlp_arrays`' arrays."""
+    n = len(arrays) // 2
+    layers: list = []
+    for i in range(n):
+        layers.append(ha.Dense(arrays[f"W{i}"], arrays[f"b{i}"]))
+        if i < n - 1:
+            layers.append(ha.Tanh())
+    if scalar:
+        layers.append(ha.Sum())
+    return ha.Sequential(*layers)
+
+
+class Call:
+    """``fn(model, x)`` ready to call on ``backend``: arrays converted once, compiled where
+    the backend compiles (JAX: the model is rebuilt from traced arrays inside ``jax.jit``)."""
+
+    def __init__(self, backend: Backend, arrays: dict[str, np.ndarray], build: Callable, fn: Callable) -> None:
+        self.backend = backend
+        self.arrays = {k: backend.asarray(v) for k, v in arrays.items()}
+        if isinstance(backend, JaxBackend):
+            jitted = backend.jit(lambda arrays, x: fn(build(arrays), x))
+            self._run = lambda x: jitted(self.arrays, x)
+        else:
+            model = build(self.arrays)
+            self._run = lambda x: fn(model, x)
+
+    def __call__(self, x: Any) -> Any:
+        return self.backend.sync(self._run(x))
+
+
+def random_input(backend: Backend, shape: tuple[int, ...], seed: int = 1) -> Any:
+    return backend.asarray(np.random.default_rng(seed).standard_normal(shape))
