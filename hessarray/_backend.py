@@ -113,6 +113,8 @@ def matmul_last(xp: Any, a: Any, w_t: Any) -> Any:
     rows = 1
     for s in lead:
         rows *= s
+    if rows == 0:  # an empty batch (Dask cannot reshape empty arrays)
+        return xp.zeros((*lead, w_t.shape[-1]), dtype=a.dtype, device=device(a))
     out = xp.matmul(xp.reshape(a, (rows, a.shape[-1])), w_t)
     return xp.reshape(out, (*lead, w_t.shape[-1]))
 
