@@ -187,7 +187,8 @@ class SoftmaxCrossEntropy(_Targeted):
 
     def _rows(self, xp, x):
         if not self.integer:
-            return xp.astype(self.target, x.dtype)
+            rows = xp.astype(self.target, x.dtype)
+            return rows if rows.ndim == 2 else xp.broadcast_to(rows[None, :], x.shape)
         labels = self.target
         if labels.ndim == 0:
             labels = labels[None]
