@@ -20,7 +20,7 @@ from strategies import HYPOTHESIS_SEED
 settings.register_profile(
     "hessarray",
     deadline=None,
-    max_examples=int(os.environ.get("HESSARRAY_HYPOTHESIS_EXAMPLES", "15")),
+    max_examples=int(os.environ.get("HESSARRAY_HYPOTHESIS_EXAMPLES", "10")),
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     database=None,
     print_blob=True,
