@@ -37,6 +37,7 @@ import gc
 import math
 import os
 import platform
+import re
 import shlex
 import statistics
 import sys
@@ -1146,6 +1147,14 @@ def batch_plot(rep: Report, cfg: argparse.Namespace, systems: list[System], kept
 
 # --------------------------------------------------------------------------------------------
 
+
+def marked_sections(text: str) -> list[str]:
+    """Sections of the old report written by other tools, to keep: each between
+    ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` (e.g. ``curvature_bench.py``'s)."""
+    found = re.finditer(r"^<!-- ([\w.-]+):begin -->$.*?^<!-- \1:end -->$", text, flags=re.M | re.S)
+    return [line for m in found for line in ["", *m.group(0).splitlines()]]
+
+
 ALL_CASES = ["pinn", "mid", "wide", "hessquik", "modegrid", "memory", "batchplot"]
 QUICK_DEFAULT = ["pinn", "hessquik", "modegrid", "memory"]
 
@@ -1294,7 +1303,9 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(lines))
         rep.md[rep.summary_at : rep.summary_at] = lines
     if cfg.write:
-        Path(cfg.markdown).write_text("\n".join(rep.md) + "\n")
+        path = Path(cfg.markdown)
+        kept_sections = marked_sections(path.read_text()) if path.exists() else []
+        path.write_text("\n".join(rep.md + kept_sections) + "\n")
         print(f"wrote {cfg.markdown}" + (f" and {cfg.plot}" if "batchplot" in cfg.cases else ""))
     return 0
 

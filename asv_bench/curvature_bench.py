@@ -74,14 +74,21 @@ def laplacian_case(lines: list[str]) -> None:
     ours = ha.laplacian(model, x)
     err = float(np.max(np.abs(ours - ref)) / np.max(np.abs(ref)))
     rows = [("hessarray laplacian (NumPy)", median_time(lambda: ha.laplacian(model, x)))]
-    rows.append(("hessarray hessian + trace (NumPy)", median_time(lambda: np.trace(ha.hessian(model, x), axis1=1, axis2=2))))
+    rows.append(
+        ("hessarray hessian + trace (NumPy)", median_time(lambda: np.trace(ha.hessian(model, x), axis1=1, axis2=2)))
+    )
     rows.append(("JAX jit(vmap(trace(hessian)))", median_time(lambda: jax_lap(xj).block_until_ready())))
     try:
         from folx import forward_laplacian
 
         folx_lap = jax.jit(jax.vmap(lambda xi: forward_laplacian(f)(xi).laplacian))
         ferr = float(np.max(np.abs(np.asarray(folx_lap(xj)) - ref)) / np.max(np.abs(ref)))
-        rows.append((f"folx forward_laplacian, jit (rel. diff {ferr:.1e})", median_time(lambda: folx_lap(xj).block_until_ready())))
+        rows.append(
+            (
+                f"folx forward_laplacian, jit (rel. diff {ferr:.1e})",
+                median_time(lambda: folx_lap(xj).block_until_ready()),
+            )
+        )
     except ImportError:
         rows.append(("folx forward_laplacian", float("nan")))
     tracemalloc.start()

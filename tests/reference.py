@@ -206,8 +206,8 @@ class JaxOps:
             return nn.elu(z, args[0] if args else 1.0)
         if name == "silu":
             return nn.silu(z)
-        if name == "logcosh":
-            return jnp.log(jnp.cosh(z))
+        if name == "logcosh":  # log cosh z = logaddexp(z, -z) - log 2, without overflow of cosh
+            return jnp.logaddexp(z, -z) - np.log(2.0)
         if name == "sin":
             return jnp.sin(z)
         if name == "cos":
@@ -261,8 +261,8 @@ class TorchOps:
         if name == "sigmoid":
             return torch.sigmoid(z)
         if name == "softplus":
-            # torch's own threshold (linear above 20) is not exact; pass a large one.
-            return F.softplus(z, beta=args[0] if args else 1.0, threshold=1e6)
+            # linear above beta·z = 30 (torch's default 20 is off by 2e-9; 30 by 1e-13 absolute)
+            return F.softplus(z, beta=args[0] if args else 1.0, threshold=30.0)
         if name == "relu":
             return F.relu(z)
         if name == "leaky_relu":
@@ -271,8 +271,8 @@ class TorchOps:
             return F.elu(z, args[0] if args else 1.0)
         if name == "silu":
             return F.silu(z)
-        if name == "logcosh":
-            return torch.log(torch.cosh(z))
+        if name == "logcosh":  # log cosh z = z + log(1 + e^{-2z}) - log 2, without overflow of cosh
+            return z + F.softplus(-2.0 * z, threshold=30.0) - np.log(2.0)
         if name == "sin":
             return torch.sin(z)
         if name == "cos":

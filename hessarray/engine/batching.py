@@ -19,9 +19,21 @@ from typing import Any
 from ..layers.base import Layer
 
 try:  # optional: limits BLAS threads while blocks run in parallel
-    from threadpoolctl import threadpool_limits
+    import threadpoolctl
 except ImportError:  # pragma: no cover - exercised where threadpoolctl is absent
-    threadpool_limits = None
+    threadpoolctl = None
+
+_controller = None  # one ThreadpoolController: scanning the loaded libraries costs milliseconds
+
+
+def _blas_single_thread() -> Any:
+    """A context limiting BLAS to one thread (a null context without threadpoolctl)."""
+    global _controller
+    if threadpoolctl is None:
+        return nullcontext()
+    if _controller is None:
+        _controller = threadpoolctl.ThreadpoolController()
+    return _controller.limit(limits=1, user_api="blas")
 
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
@@ -34,7 +46,7 @@ def default_workers() -> int:
     env = os.environ.get("HESSARRAY_THREADS")
     if env:
         return max(1, int(env))
-    if threadpool_limits is None:
+    if threadpoolctl is None:
         return 1
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
@@ -75,7 +87,7 @@ def map_blocks(
     starts = range(0, batch, chunk)
     workers = min(plan.workers, len(starts))
     if workers > 1 and not getattr(_busy, "active", False):
-        limit = threadpool_limits(1, user_api="blas") if threadpool_limits else nullcontext()
+        limit = _blas_single_thread()
         _busy.active = True  # nested calls (a model's function calling hessarray) stay serial
         try:
             with limit:
