@@ -272,8 +272,8 @@ def laplacian(model: Sequential, x: Array, *, chunk_size: int | None = None) -> 
     """
     model = _check_model(model)
     xp, x2, single = model.prepare(x)
-    _, diag = _blocks(model, x2, xp, chunk_size, lambda layers, xb: engine.curvature.hessian_diagonal(layers, xb))
-    return _per_sample((xp.sum(diag, axis=-1),), model.scalar_output, single)[0]
+    _, trace = _blocks(model, x2, xp, chunk_size, lambda layers, xb: engine.curvature.hessian_trace(layers, xb))
+    return _per_sample((trace,), model.scalar_output, single)[0]
 
 
 def hvp(model: Sequential, x: Array, v: Array, *, chunk_size: int | None = None) -> Array:

@@ -34,7 +34,7 @@ class Kernels:
         dense = ha.Dense(be.asarray(rng.standard_normal((n, n)) / np.sqrt(n)), be.asarray(rng.standard_normal(n)))
         tanh = ha.Tanh()
         x = random_input(be, (B, n), 1)
-        t = random_input(be, (B, k, n), 2)
+        t = random_input(be, (k, B, n), 2)  # tangents are direction-major
         g = random_input(be, (B, m, n), 3)
         h0 = rng.standard_normal((B, m, n, n))
         h = be.asarray(0.5 * (h0 + np.swapaxes(h0, -1, -2)))  # symmetric, as Hessians are
@@ -44,7 +44,7 @@ class Kernels:
         # arguments of the kernels so that JAX compiles no large constants.
         _, dense_cache = dense.forward(x)
         _, tanh_cache = tanh.forward(x)
-        factors = tanh.push(tanh_cache, t, g)[1] * 4  # four layers' worth of factor pairs
+        factors = tanh.push(tanh_cache, t, g)[1] * 4  # four layers' worth of factor triples
         self.kernels = {
             "dense_forward": (lambda x: dense.forward(x)[0], (x,)),
             "dense_push": (lambda c, t: dense.push(c, t)[0], (dense_cache, t)),
@@ -54,7 +54,7 @@ class Kernels:
             "tanh_push": (lambda c, t: tanh.push(c, t)[0], (tanh_cache, t)),
             "tanh_push_curvature": (lambda c, t, g: tanh.push(c, t, g), (tanh_cache, t, g)),
             "tanh_pull_hessian": (lambda c, g, h: tanh.pull_hessian(c, g, h), (tanh_cache, g, h)),
-            "contract": (lambda f: contract(xp, f, B, m, k, "full"), (factors,)),
+            "contract": (lambda f: sum(contract(xp, one, "full") for one in f), (factors,)),
         }
         self.kernels = {name: (be.jit(fn), args) for name, (fn, args) in self.kernels.items()}
         for name in self.kernels:  # compile and warm up
@@ -89,7 +89,7 @@ class Kernels:
         self._run("tanh_push")
 
     def time_tanh_push_curvature(self, backend, width):
-        """Forward mode: tangents and the curvature factor pair ``(t·(g φ''), t)``."""
+        """Forward mode: tangents and the curvature factor triple ``(t, g φ'', t)``."""
         self._run("tanh_push_curvature")
 
     def time_tanh_pull_hessian(self, backend, width):
@@ -97,5 +97,5 @@ class Kernels:
         self._run("tanh_pull_hessian")
 
     def time_contract(self, backend, width):
-        """Forward mode: ``Σ L Rᵀ`` over four layers' curvature factor pairs (batched GEMMs)."""
+        """Forward mode: ``Σ_r L c R`` over four layers' curvature factor triples."""
         self._run("contract")

@@ -1,7 +1,7 @@
 """Parts of the input Hessian without forming it: diagonal, trace, Hessian-vector products.
 
-* diagonal and trace (Laplacian): forward mode keeping only ``Σ_r L R`` of each factor pair,
-  ``O(L n² d)`` per sample with no ``d²`` term;
+* diagonal and trace (Laplacian): forward mode keeping only ``Σ_r L c R`` of each factor
+  triple (for the trace, ``Σ_i L R`` first), ``O(L n² d)`` per sample with no ``d²`` term;
 * ``H v`` for ``k`` vectors: forward over reverse, ``O(L n² k)`` per sample: ``k`` tangents
   pushed forward, then second-order adjoints pulled back (each layer's ``curvature_apply``).
 """
@@ -21,12 +21,18 @@ def hessian_diagonal(layers: list[Layer], x: Any) -> tuple[Any, Any]:
     return y, diag
 
 
+def hessian_trace(layers: list[Layer], x: Any) -> tuple[Any, Any]:
+    """Value ``(B, m)`` and Hessian trace (the Laplacian) ``(B, m)``."""
+    y, _, trace = forward_mode(layers, x, True, part="trace")
+    return y, trace
+
+
 def hvp(layers: list[Layer], x: Any, v: Any) -> tuple[Any, Any]:
     """Value ``(B, m)`` and ``H v`` ``(B, m, k, d)`` for ``v`` of shape ``(B, k, d)``."""
     xp = array_namespace(x)
     steps, y = forward_chain(layers, x)
     batch, m = y.shape
-    _, t_in = push_keep(steps, v)
+    _, t_in = push_keep(steps, xp.permute_dims(v, (1, 0, 2)))  # tangents are direction-major
     hv = pull_curvature_chain(steps, adjoints(steps, identity_seed(xp, batch, m, x)), t_in)
     if hv is None:
         hv = xp.zeros((batch, m, v.shape[1], x.shape[1]), dtype=x.dtype, device=device(x))

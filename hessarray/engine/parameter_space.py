@@ -21,9 +21,10 @@ from ..layers.base import (
     push_params_keep,
     reverse_second,
     split_directions,
+    tangent_seed,
 )
 from ..layers.losses import Sum
-from .forward import forward_mode, identity_seed
+from .forward import forward_mode
 
 
 def _scalar_chain(layers: list[Layer]) -> list[Layer]:
@@ -57,14 +58,14 @@ def gauss_newton_at(chain: list[Layer], x: Any) -> Any:
     batch, d = x.shape
     steps, _ = forward_chain(chain, x)
     *body, loss = steps
-    t = identity_seed(xp, batch, d, x)
+    t = tangent_seed(xp, batch, d, x)
     for step in body:
         t, _ = step.layer.push(step.cache, t)
     ones = xp.ones((batch, 1, 1), dtype=x.dtype, device=device(x))
     hl_t = loss.layer.curvature_apply(loss.cache, ones, t)  # (B, 1, d, n_z) or None
     if hl_t is None:
         return xp.zeros((batch, 1, d, d), dtype=x.dtype, device=device(x))
-    return xp.matmul(hl_t, xp.permute_dims(t, (0, 2, 1))[:, None, ...])
+    return xp.matmul(hl_t, xp.permute_dims(t, (1, 2, 0))[:, None, ...])
 
 
 def parameter_products(layers: list[Layer], x: Any, v: dict[str, Any], ggn: bool) -> dict[str, Any]:
@@ -78,7 +79,7 @@ def parameter_products(layers: list[Layer], x: Any, v: dict[str, Any], ggn: bool
     steps, _ = forward_chain(chain, x)
     k = next(iter(v.values())).shape[0]
     v_steps = split_directions(v, len(steps))
-    t0 = xp.zeros((batch, k, x.shape[1]), dtype=x.dtype, device=device(x))
+    t0 = xp.zeros((k, batch, x.shape[1]), dtype=x.dtype, device=device(x))
     if ggn:  # H_loss applied to the tangents at the loss input, then pulled back linearly
         *body, loss = steps
         t, t_in = push_params_keep(body, t0, v_steps[: len(body)])

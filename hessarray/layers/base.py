@@ -5,14 +5,18 @@ on a whole block of samples at once. Shapes (``B`` samples, ``k`` tangent direct
 model outputs that adjoints belong to):
 
 - ``x`` ``(B, n_in)``: the layer input;
-- ``t`` ``(B, k, n_in)``: forward tangents ``dx/dseed`` (rows are directions);
+- ``t`` ``(k, B, n_in)``: forward tangents ``dx/dseed``, direction-major: each of the ``k``
+  directions is one ``(B, n)`` block;
 - ``g`` ``(B, m, n_out)``: adjoints ``d out_i / dy``;
 - ``h`` ``(B, m, n_out, n_out)``: Hessians ``d² out_i / dy²`` (``None`` is zero);
-- ``(L, R)`` ``(B, m, k, r)`` and ``(B, k, r)``: curvature factors; ``tᵀ (Σ_j g_j ∇²y_j) t``
-  is ``L @ Rᵀ`` summed over the factor pairs.
+- ``(L, c, R)`` ``(k, B, r)``, ``(B, m, r)``, ``(k, B, r)``: curvature factors;
+  ``tᵀ (Σ_j g_j ∇²y_j) t`` is ``Σ_r L[i, b, r] c[b, o, r] R[j, b, r]`` summed over the
+  factor triples (for an elementwise layer ``L = R = t`` and ``c = g φ''``).
 
-Tangents keep the feature axis last so that a dense layer pushes all ``B·k`` of them with one
-GEMM. The engine never looks at a layer's type; it only calls the methods below.
+Tangents are direction-major with the feature axis last so that a dense layer pushes all
+``k·B`` of them with one GEMM, and scaling them by a per-sample ``(B, n)`` array (``φ'``) is
+one flat elementwise pass instead of ``B·k`` short ones. The engine never looks at a layer's
+type; it only calls the methods below.
 """
 
 from __future__ import annotations
@@ -22,6 +26,18 @@ from typing import Any, NamedTuple
 from .._backend import array_namespace, device, matmul_last
 
 Array = Any
+
+
+def tangent_seed(xp: Any, batch: int, n: int, like: Array) -> Array:
+    """The identity as tangents ``(n, B, n)``: direction ``i`` is ``e_i`` for every sample
+    (a broadcast view, no copy)."""
+    eye = xp.eye(n, dtype=like.dtype, device=device(like))
+    return xp.broadcast_to(eye[:, None, :], (n, batch, n))
+
+
+def sample_major(t: Array) -> Array:
+    """Tangents ``(k, B, n)`` as ``(B, k, n)`` (a view), for per-sample contractions."""
+    return array_namespace(t).permute_dims(t, (1, 0, 2))
 
 
 class Step(NamedTuple):
@@ -65,34 +81,33 @@ class Layer:
         """
         raise NotImplementedError
 
-    def push(self, cache: Any, t: Array, g: Array | None = None) -> tuple[Array, list[tuple[Array, Array]]]:
-        """Push tangents ``t`` ``(B, k, n_in) -> (B, k, n_out)``; with adjoints, the curvature.
+    def push(self, cache: Any, t: Array, g: Array | None = None) -> tuple[Array, list[tuple[Array, Array, Array]]]:
+        """Push tangents ``t`` ``(k, B, n_in) -> (k, B, n_out)``; with adjoints, the curvature.
 
         Parameters
         ----------
         cache : object
             From :meth:`forward`.
-        t : array, shape (B, k, n_in)
+        t : array, shape (k, B, n_in)
             Tangents entering the layer.
         g : array, shape (B, m, n_out), optional
             Adjoints at the layer output. When given, also return the factors of
-            ``tᵀ (Σ_j g_j ∇²y_j) t``: pairs ``(L, R)`` of shapes ``(B, m, k, r)`` and
-            ``(B, k, r)`` whose products ``L @ Rᵀ`` sum to it. An elementwise layer returns
-            ``[(t·(g φ''), t)]``, so no ``(n, n)`` diagonal, let alone an ``(n, n, n)`` tensor,
-            is formed. A layer without curvature returns ``[]``.
+            ``tᵀ (Σ_j g_j ∇²y_j) t``: triples ``(L, c, R)`` of shapes ``(k, B, r)``,
+            ``(B, m, r)`` and ``(k, B, r)`` with ``Σ_r L[i, b, r] c[b, o, r] R[j, b, r]``
+            summing to it. An elementwise layer returns ``[(t, g φ'', t)]``, so no ``(n, n)``
+            diagonal, let alone an ``(n, n, n)`` tensor, is formed, and the engine can take
+            only the diagonal or the trace at ``O(k r)`` cost. A layer without curvature
+            returns ``[]``.
         """
         raise NotImplementedError
 
     def push_identity(self, cache: Any, like: Array) -> Array:
-        """``push`` of the identity seed ``(B, n_in, n_in)``: the Jacobian, rows = inputs.
+        """``push`` of the identity seed ``(n_in, B, n_in)``: the Jacobian, one input per row.
 
         Layers override it when the Jacobian is cheaper to write down than to push (a dense
         layer's is ``Wᵀ``, broadcast, with no GEMM).
         """
-        xp = array_namespace(like)
-        batch, n = like.shape
-        eye = xp.eye(n, dtype=like.dtype, device=device(like))
-        return self.push(cache, xp.broadcast_to(eye[None, ...], (batch, n, n)))[0]
+        return self.push(cache, tangent_seed(array_namespace(like), like.shape[0], like.shape[1], like))[0]
 
     def pull(self, cache: Any, g: Array) -> Array:
         """Vector-Jacobian products: ``(B, M, n_out) -> (B, M, n_in)``, ``g ∂y/∂x``."""
@@ -109,7 +124,7 @@ class Layer:
         raise NotImplementedError
 
     def curvature_apply(self, cache: Any, g: Array, t: Array) -> Array | None:
-        """``(Σ_j g_j ∇²y_j) t``: the curvature applied to tangents ``t`` ``(B, k, n_in)``.
+        """``(Σ_j g_j ∇²y_j) t``: the curvature applied to tangents ``t`` ``(k, B, n_in)``.
 
         ``g`` are the adjoints ``(B, m, n_out)`` at the output; returns ``(B, m, k, n_in)``,
         or ``None`` for a layer without curvature. Used by Hessian-vector products
@@ -140,7 +155,7 @@ class Layer:
 
         ``g`` ``(B, m, n_out)`` are the adjoints at the output (``None``: zero, as in the
         Gauss-Newton product), ``gd`` ``(B, m, k, n_out)`` their derivatives along the
-        direction, ``t`` ``(B, k, n_in)`` the input tangents. Returns, per local parameter
+        direction, ``t`` ``(k, B, n_in)`` the input tangents. Returns, per local parameter
         name, ``(k, *shape)``.
         """
         return {}
@@ -221,10 +236,10 @@ def forward_chain(layers: list[Layer], x: Array) -> tuple[list[Step], Array]:
 
 def push_chain(
     steps: list[Step], t: Array, g_out: list[Array | None] | None = None
-) -> tuple[Array, list[tuple[Array, Array]]]:
+) -> tuple[Array, list[tuple[Array, Array, Array]]]:
     """Push tangents through ``steps``; with the adjoints at each step's output, also
     collect every step's curvature factors."""
-    factors: list[tuple[Array, Array]] = []
+    factors: list[tuple[Array, Array, Array]] = []
     for i, step in enumerate(steps):
         t, f = step.layer.push(step.cache, t, None if g_out is None else g_out[i])
         factors.extend(f)
@@ -263,7 +278,7 @@ def pull_curvature_chain(steps: list[Step], g_out: list[Array], t_in: list[Array
     """Second-order adjoints ``d/dε [g ∂out/∂x](x + ε t)`` for tangents ``t`` at the input.
 
     ``g_out`` are the first-order adjoints ``(B, m, n)`` at each step's output, ``t_in`` the
-    tangents ``(B, k, n)`` entering each step. Returns ``(B, m, k, d)``: ``H t`` for each of
+    tangents ``(k, B, n)`` entering each step. Returns ``(B, m, k, d)``: ``H t`` for each of
     the ``m`` outputs (``None`` if the chain has no curvature).
     """
     gd = None
@@ -364,4 +379,6 @@ __all__ = [
     "split_directions",
     "push_chain",
     "push_keep",
+    "sample_major",
+    "tangent_seed",
 ]

@@ -81,7 +81,7 @@ class Dense(Layer):
     def push_identity(self, cache: Any, like: Array) -> Array:
         _, w = cache
         xp = array_namespace(like)
-        return xp.broadcast_to(w.T[None, ...], (like.shape[0], *w.T.shape))
+        return xp.broadcast_to(w.T[:, None, :], (w.shape[1], like.shape[0], w.shape[0]))
 
     def pull(self, cache: Any, g: Array) -> Array:
         _, w = cache
@@ -115,13 +115,13 @@ class Dense(Layer):
         xp = array_namespace(t)
         out = matmul_last(xp, t, w.T)
         vw, vb = self._directions(xp, v, x)
-        B, k = t.shape[0], t.shape[1]
+        k, B = t.shape[0], t.shape[1]
         o = w.shape[0]
         if vw is not None:  # V x for each direction: one GEMM (B, i) @ (i, k·o)
             vx = xp.matmul(x, xp.reshape(vw, (k * o, vw.shape[-1])).T)
-            out = out + xp.reshape(vx, (B, k, o))
+            out = out + xp.permute_dims(xp.reshape(vx, (B, k, o)), (1, 0, 2))
         if vb is not None:
-            out = out + vb[None, ...]
+            out = out + vb[:, None, :]
         return out
 
     def curvature_apply_params(self, cache: Any, g: Array, t: Array, v: dict[str, Array]) -> Array | None:
@@ -139,7 +139,7 @@ class Dense(Layer):
     def param_second(self, cache: Any, g: Array | None, gd: Array, t: Array, v: dict[str, Array]) -> dict[str, Array]:
         x, _ = cache
         xp = array_namespace(t)
-        B, k, i = t.shape
+        k, B, i = t.shape
         o = self.weight.shape[0]
         out: dict[str, Array] = {}
         gds = None if gd is None else xp.sum(gd, axis=1)  # (B, k, o)
@@ -149,8 +149,7 @@ class Dense(Layer):
             weight = xp.reshape(xp.matmul(flat, x), (k, o, i))
         if g is not None:  # Σ_b g ⊗ ẋ
             gs = xp.sum(g, axis=1)  # (B, o)
-            gt = xp.reshape(xp.matmul(gs.T, xp.reshape(t, (B, k * i))), (o, k, i))
-            gt = xp.permute_dims(gt, (1, 0, 2))
+            gt = xp.matmul(gs.T[None, ...], t)  # (k, o, i): one (o, B) @ (B, i) per direction
             weight = gt if weight is None else weight + gt
         if weight is not None:
             out["weight"] = weight

@@ -1,7 +1,7 @@
 """Elementwise activations ``y_i = φ(x_i)``: diagonal Jacobian, diagonal curvature.
 
 Each activation gives ``φ``, ``φ'`` and ``φ''`` from one evaluation (sharing subexpressions).
-The curvature ``tᵀ diag(g φ'') t`` is returned as the factor pair ``(t·(g φ''), t)``; the
+The curvature ``tᵀ diag(g φ'') t`` is returned as the factor triple ``(t, g φ'', t)``; the
 ``(n, n)`` diagonal, let alone the ``(n, n, n)`` second-derivative tensor, is never built.
 """
 
@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._backend import array_namespace, diag_embed
-from .base import Array, Layer
+from .base import Array, Layer, sample_major
 
 
 class Activation(Layer):
@@ -28,11 +28,11 @@ class Activation(Layer):
 
     def push(self, cache: Any, t: Array, g: Array | None = None) -> tuple[Array, list]:
         df, d2f = cache
-        t_out = df[:, None, :] * t
+        t_out = df * t  # (B, n) against (k, B, n): one flat pass per direction
         if g is None or not self.has_curvature:
             return t_out, []
         c = g * d2f[:, None, :]  # (B, m, n): Σ_j g_j ∂²y_j/∂x_n², the diagonal curvature
-        return t_out, [(t[:, None, :, :] * c[:, :, None, :], t)]
+        return t_out, [(t, c, t)]
 
     def pull(self, cache: Any, g: Array) -> Array:
         return g * cache[0][:, None, :]
@@ -41,7 +41,7 @@ class Activation(Layer):
         if not self.has_curvature:
             return None
         c = g * cache[1][:, None, :]
-        return c[:, :, None, :] * t[:, None, :, :]
+        return c[:, :, None, :] * sample_major(t)[:, None, :, :]
 
     def pull_hessian(self, cache: Any, g: Array, h: Array | None) -> Array | None:
         df, d2f = cache

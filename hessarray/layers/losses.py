@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._backend import array_namespace, device, diag_embed, is_array_api_obj
-from .base import Array, Layer
+from .base import Array, Layer, sample_major
 
 
 class Reduction(Layer):
@@ -30,19 +30,20 @@ class Reduction(Layer):
 
     def push(self, cache: Any, t: Array, g: Array | None = None) -> tuple[Array, list]:
         grad, curv = cache
-        t_out = array_namespace(t).matmul(t, grad[:, :, None])  # (B, k, 1)
+        t_out = array_namespace(t).vecdot(t, grad)[..., None]  # (k, B, 1)
         if g is None or not self.has_curvature:
             return t_out, []
         return t_out, self.curvature(curv, t, g[:, :, 0])
 
-    def curvature(self, curv: Any, t: Array, c: Array) -> list[tuple[Array, Array]]:
-        """Factors of ``tᵀ (c ∇²ℓ) t`` for per-output weights ``c`` of shape ``(B, m)``."""
+    def curvature(self, curv: Any, t: Array, c: Array) -> list[tuple[Array, Array, Array]]:
+        """Factor triples of ``tᵀ (c ∇²ℓ) t`` for tangents ``t`` ``(k, B, n)`` and per-output
+        weights ``c`` of shape ``(B, m)``."""
         raise NotImplementedError
 
     def curvature_apply(self, cache: Any, g: Array, t: Array) -> Array | None:
         if not self.has_curvature:
             return None
-        return self.hessian_apply(cache[1], g[:, :, 0], t)
+        return self.hessian_apply(cache[1], g[:, :, 0], sample_major(t))
 
     def hessian_apply(self, curv: Any, c: Array, t: Array) -> Array:
         """``c ∇²ℓ t``: ``(B, m)`` weights and ``(B, k, n)`` tangents give ``(B, m, k, n)``."""
@@ -138,8 +139,10 @@ class MSELoss(_Targeted):
         return xp.mean(r * r, axis=1), (2.0 / n) * r, 2.0 / n
 
     def curvature(self, curv, t, c):
-        c = curv * c  # the Hessian is curv·I
-        return [(t[:, None, :, :] * c[:, :, None, None], t)]
+        xp = array_namespace(t)
+        k, B, n = t.shape
+        c = xp.broadcast_to((curv * c)[:, :, None], (B, c.shape[1], n))  # the Hessian is curv·I
+        return [(t, c, t)]
 
     def hessian_apply(self, curv, c, t):
         return (curv * c)[:, :, None, None] * t[:, None, ...]
@@ -210,10 +213,8 @@ class SoftmaxCrossEntropy(_Targeted):
         p, mass = curv
         xp = array_namespace(t)
         c = c * mass[:, None]  # (B, m)
-        tp = xp.matmul(t, p[:, :, None])  # (B, k, 1)
-        diag = t[:, None, :, :] * (c[:, :, None, None] * p[:, None, None, :])
-        rank1 = -(tp[:, None, :, :] * c[:, :, None, None])
-        return [(diag, t), (rank1, tp)]
+        tp = xp.vecdot(t, p)[..., None]  # (k, B, 1)
+        return [(t, c[:, :, None] * p[:, None, :], t), (tp, -c[:, :, None], tp)]
 
     def hessian_apply(self, curv, c, t):
         p, mass = curv
