@@ -35,6 +35,7 @@ def _blas_single_thread() -> Any:
         _controller = threadpoolctl.ThreadpoolController()
     return _controller.limit(limits=1, user_api="blas")
 
+
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 _busy = threading.local()
