@@ -80,10 +80,15 @@ def map_blocks(
         return fn(layers, x, *extra)
 
     def run(start: int) -> tuple:
-        _busy.active = True  # on a pool thread: hessarray calls made from here stay serial
         stop = min(start + chunk, batch)
         block = [layer.batch_slice(start, stop) for layer in layers]
         return fn(block, x[start:stop, ...], *(a[start:stop, ...] for a in extra))
+
+    def run_on_pool(start: int) -> tuple:
+        # Only pool threads are marked: marking the caller's thread in a serial run would
+        # keep every later call of that thread serial.
+        _busy.active = True  # hessarray calls made from here (a model's function) stay serial
+        return run(start)
 
     starts = range(0, batch, chunk)
     workers = min(plan.workers, len(starts))
@@ -92,7 +97,7 @@ def map_blocks(
         _busy.active = True  # nested calls (a model's function calling hessarray) stay serial
         try:
             with limit:
-                parts = list(_executor(workers).map(run, starts))
+                parts = list(_executor(workers).map(run_on_pool, starts))
         finally:
             _busy.active = False
     else:
