@@ -12,7 +12,7 @@ from typing import Any
 
 from .api import _check_model
 from .engine.batching import map_blocks
-from .engine.parameter_space import owner_blocks, parameter_products
+from .engine.parameter_space import owner_blocks, parameter_products, top_level_blocks
 from .engine.plan import make_plan
 from .model import Sequential
 
@@ -30,6 +30,13 @@ def _groups(model: Sequential) -> dict[str, list[str]]:
     for name in model.parameters():
         groups.setdefault(name.rpartition(".")[0], []).append(name)
     return groups
+
+
+def _top_level_owners(model: Sequential, groups: dict[str, list[str]]) -> list[str]:
+    """Owners that are top-level layers holding their own parameters (``Dense``): their
+    blocks come from one backward pass. Parameters nested in composite layers (``"2.0"``)
+    or owned elsewhere go through the owner-by-owner path."""
+    return [o for o in groups if o.isdigit() and getattr(model.layers[int(o)], "owns_parameters", False)]
 
 
 def _size(a: Array) -> int:
@@ -72,7 +79,25 @@ def _blocks(model, x, blocks, flat, per_sample, chunk_size, max_bytes, ggn) -> A
     plan = make_plan(model.layers, x2.shape[0], x2.shape[1], x2, xp, mode="forward", chunk_size=chunk_size)
     out: dict[tuple[str, str], Array] = {}
     how = "cat" if per_sample else "sum"
-    for owner, names in _groups(model).items():
+    groups = _groups(model)
+    top = _top_level_owners(model, groups)
+    if top:  # one backward pass of Hessians for all of them
+        local_names = {int(o): [name.rpartition(".")[2] for name in groups[o]] for o in top}
+        pairs = {i: [(a, b) for a in names for b in names] for i, names in local_names.items()}
+        keys = [(i, a, b) for i, local in pairs.items() for a, b in local]
+
+        def run_top(layers, xb):
+            found = top_level_blocks(layers, xb, pairs, ggn, per_sample)
+            return tuple(found[key] for key in keys)
+
+        values = map_blocks(run_top, model.layers, x2, plan, (how,) * len(keys), xp)
+        for (i, a, b), value in zip(keys, values):
+            if per_sample:  # (B, 1, ...): the outputs are summed
+                value = value[0, 0, ...] if single else value[:, 0, ...]
+            out[f"{i}.{a}", f"{i}.{b}"] = value
+    for owner, names in groups.items():
+        if owner in top:
+            continue
         # "2.0.weight": top-level layer 2, name "0.weight" inside it, "weight" in its owner
         index, _, inside = names[0].partition(".")
         local = [(a.rpartition(".")[2], b.rpartition(".")[2]) for a in names for b in names]

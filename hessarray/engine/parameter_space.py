@@ -25,6 +25,8 @@ from ..layers.base import (
 )
 from ..layers.losses import Sum
 from .forward import forward_mode
+from .plan import estimate
+from .reverse import reverse_mode
 
 
 def _scalar_chain(layers: list[Layer]) -> list[Layer]:
@@ -48,8 +50,47 @@ def owner_blocks(
     if ggn:
         h = gauss_newton_at(rest, y_owner)
     else:
-        _, _, h = forward_mode(_scalar_chain(rest) if rest else [Sum()], y_owner, True)
+        chain = _scalar_chain(rest) if rest else [Sum()]
+        flops, _, _ = estimate(chain, y_owner.shape[1], True)
+        # The owner's width is the number of tangents: wide owners pull Hessians back instead.
+        run = forward_mode if flops["forward"] <= flops["reverse"] else reverse_mode
+        _, _, h = run(chain, y_owner, True)
     return {(a, b): owner.param_hessian(cache, a, h, per_sample, b) for a, b in pairs}
+
+
+def top_level_blocks(
+    layers: list[Layer], x: Any, pairs: dict[int, list[tuple[str, str]]], ggn: bool, per_sample: bool
+) -> dict[tuple[int, str, str], Any]:
+    """Blocks of the parameters of top-level layers, from one backward pass of Hessians.
+
+    ``pairs[i]`` are local-name pairs of ``layers[i]``, a layer that owns its parameters
+    (``param_owner`` gives itself and no downstream layers). The Hessian (Gauss-Newton:
+    ``Jᵀ H_loss J``) with respect to each layer's output is pulled back once, through all
+    layers above the lowest owner, and mapped onto the parameters as the pass goes by: the
+    Hessian backpropagation of Dangel, Harmeling and Hennig, exact for these blocks.
+    Returns ``{(i, a, b): block}``.
+    """
+    xp = array_namespace(x)
+    batch = x.shape[0]
+    chain = list(layers) if ggn else _scalar_chain(layers)
+    steps, _ = forward_chain(chain, x)
+    lowest = min(pairs)
+    g = xp.ones((batch, 1, 1), dtype=x.dtype, device=device(x))
+    h = None
+    found: dict[tuple[int, str, str], Any] = {}
+    for i in range(len(steps) - 1, lowest - 1, -1):
+        step = steps[i]
+        if i in pairs:
+            n = step.y.shape[1]
+            here = h if h is not None else xp.zeros((batch, 1, n, n), dtype=x.dtype, device=device(x))
+            for a, b in pairs[i]:
+                found[i, a, b] = step.layer.param_hessian(step.cache, a, here, per_sample, b)
+        if i > lowest:
+            # Gauss-Newton: the loss (the last step) contributes its Hessian, no layer below it
+            # its curvature.
+            h = step.layer.pull_hessian(step.cache, g if not ggn or i == len(steps) - 1 else None, h)
+            g = step.layer.pull(step.cache, g)
+    return found
 
 
 def gauss_newton_at(chain: list[Layer], x: Any) -> Any:

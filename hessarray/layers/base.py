@@ -66,6 +66,10 @@ class Layer:
     in_width: int | None = None
     #: ``True`` for layers that reduce a sample to one number (``Sum``, losses).
     scalar_output: bool = False
+    #: ``True`` when :meth:`param_owner` gives the layer itself, with no downstream layers,
+    #: for each of its parameters (``Dense``): layer blocks of the parameter Hessian then come
+    #: from one backward pass shared by all such layers.
+    owns_parameters: bool = False
 
     # -- shapes -------------------------------------------------------------------------
     def out_width(self, n_in: int) -> int:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
-from .._backend import array_namespace, device, is_array_api_obj, matmul_last
+import numpy
+
+from .._backend import array_namespace, device, is_array_api_obj, is_lazy, matmul_last
 from .base import Array, Layer
 
 
@@ -33,6 +36,8 @@ class Dense(Layer):
     """
 
     has_curvature = False
+
+    owns_parameters = True
 
     def __init__(self, W: Array, b: Array | None = None) -> None:
         if not is_array_api_obj(W) or W.ndim != 2:
@@ -81,7 +86,10 @@ class Dense(Layer):
     def push_identity(self, cache: Any, like: Array) -> Array:
         _, w = cache
         xp = array_namespace(like)
-        return xp.broadcast_to(w.T[:, None, :], (w.shape[1], like.shape[0], w.shape[0]))
+        w_t = w.T
+        if xp is numpy:  # NumPy fast path: a contiguous Wᵀ keeps later passes on contiguous rows
+            w_t = numpy.ascontiguousarray(w_t)
+        return xp.broadcast_to(w_t[:, None, :], (w.shape[1], like.shape[0], w.shape[0]))
 
     def pull(self, cache: Any, g: Array) -> Array:
         _, w = cache
@@ -202,20 +210,52 @@ class Dense(Layer):
             if per_sample:
                 block = h[:, :, :, None, :] * x[:, None, None, :, None]
                 return xp.reshape(block, (B, m, o, i, *shape))
-            hs = xp.reshape(xp.sum(h, axis=1), (B, o * o))
+            hs = xp.reshape(h[:, 0, ...] if m == 1 else xp.sum(h, axis=1), (B, o * o))
             full = xp.permute_dims(xp.reshape(xp.matmul(hs.T, x), (o, o, i)), (0, 2, 1))
             return xp.reshape(full, (o, i, *shape))
         # The weight enters linearly: d²/dW² = h ⊗ x xᵀ per sample (a Kronecker product).
         if per_sample:
             return h[:, :, :, None, :, None] * x[:, None, None, :, None, None] * x[:, None, None, None, None, :]
-        hs = xp.reshape(xp.sum(h, axis=1), (B, o * o))
-        xx = xp.reshape(x[:, :, None] * x[:, None, :], (B, i * i))
-        full = xp.reshape(xp.matmul(hs.T, xx), (o, o, i, i))
-        return xp.permute_dims(full, (0, 2, 1, 3))
+        hs = h[:, 0, ...] if m == 1 else xp.sum(h, axis=1)  # (B, o, o)
+        if is_lazy(xp):  # Dask: one plain GEMM, (o², B) @ (B, i²)
+            xx = xp.reshape(x[:, :, None] * x[:, None, :], (B, i * i))
+            full = xp.reshape(xp.matmul(xp.reshape(hs, (B, o * o)).T, xx), (o, o, i, i))
+            return xp.permute_dims(full, (0, 2, 1, 3))
+        return _kron_sum_symmetric(xp, hs, x)
 
     def __repr__(self) -> str:
         bias = "" if self.bias is None else f", bias {tuple(self.bias.shape)}"
         return f"Dense(weight {tuple(self.weight.shape)}{bias})"
+
+
+@functools.lru_cache(maxsize=64)
+def _triangle(n: int) -> tuple[numpy.ndarray, numpy.ndarray]:
+    """Upper triangle of an ``(n, n)`` matrix: flat positions of its ``n(n+1)/2`` entries, and
+    for every ``(a, c)`` the index of ``(min, max)`` among them."""
+    rows, cols = numpy.triu_indices(n)
+    pack = numpy.empty((n, n), dtype=numpy.int64)
+    pack[rows, cols] = pack[cols, rows] = numpy.arange(rows.size)
+    return rows * n + cols, pack
+
+
+def _kron_sum_symmetric(xp: Any, hs: Array, x: Array) -> Array:
+    """``Σ_b hs_b ⊗ x_b x_bᵀ`` as ``(o, i, o, i)``, for symmetric ``hs`` ``(B, o, o)``.
+
+    Both factors are symmetric, so only pairs ``a ≤ c`` and ``b ≤ d`` are multiplied: one GEMM
+    ``(o(o+1)/2, B) @ (B, i(i+1)/2)``, a quarter of the plain ``(o², B) @ (B, i²)``, then one
+    gather spreads it over the four index orders (32×32 layer, batch 1000: 0.28 instead of
+    1.05 G multiply-adds).
+    """
+    B, o, _ = hs.shape
+    i = x.shape[1]
+    where = device(x)
+    flat_o, pack_o = (xp.asarray(a, device=where) for a in _triangle(o))
+    flat_i, pack_i = (xp.asarray(a, device=where) for a in _triangle(i))
+    hp = xp.take(xp.reshape(hs, (B, o * o)), flat_o, axis=1)  # (B, o(o+1)/2)
+    xx = xp.take(xp.reshape(x[:, :, None] * x[:, None, :], (B, i * i)), flat_i, axis=1)
+    packed = xp.reshape(xp.matmul(hp.T, xx), (-1,))
+    index = pack_o[:, None, :, None] * flat_i.shape[0] + pack_i[None, :, None, :]  # (o, i, o, i)
+    return xp.reshape(xp.take(packed, xp.reshape(index, (-1,)), axis=0), (o, i, o, i))
 
 
 def _shape(a: Any) -> str:

@@ -45,7 +45,7 @@ class Activation(Layer):
 
     def pull_hessian(self, cache: Any, g: Array, h: Array | None) -> Array | None:
         df, d2f = cache
-        xp = array_namespace(g)
+        xp = array_namespace(df)
         out = None
         if self.has_curvature and g is not None:  # g None: Gauss-Newton, no curvature term
             out = diag_embed(xp, g * d2f[:, None, :])
