@@ -109,12 +109,16 @@ def matmul_last(xp: Any, a: Any, w_t: Any) -> Any:
     axes are folded into the row count so that NumPy calls BLAS once instead of once per
     leading index (a 3-D @ 2-D matmul loops over the batch in NumPy).
     """
+    if a.ndim == 2:
+        return xp.matmul(a, w_t)
     lead = a.shape[:-1]
     rows = 1
     for s in lead:
         rows *= s
     if rows == 0:  # an empty batch (Dask cannot reshape empty arrays)
         return xp.zeros((*lead, w_t.shape[-1]), dtype=a.dtype, device=device(a))
+    if xp is numpy:  # NumPy fast path: the methods skip np.reshape's dispatch (small blocks)
+        return (a.reshape(rows, a.shape[-1]) @ w_t).reshape(*lead, w_t.shape[-1])
     out = xp.matmul(xp.reshape(a, (rows, a.shape[-1])), w_t)
     return xp.reshape(out, (*lead, w_t.shape[-1]))
 
