@@ -109,8 +109,8 @@ def laplacian_case(lines: list[str]) -> None:
     lines += [
         "",
         f"Peak NumPy allocation during `ha.laplacian`: {peak / 2**20:.1f} MiB; one (batch, d, d) "
-        f"float64 array would be {full / 2**20:.1f} MiB (none is made: the per-layer diagonals "
-        f"are summed as ``Σ_r L R``).",
+        f"float64 array would be {full / 2**20:.1f} MiB (none is made: each layer adds "
+        f"``Σ_r c Σ_i L R`` of its factor triples).",
         "",
     ]
 
