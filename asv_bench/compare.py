@@ -577,8 +577,9 @@ def pick_threads(built: Built, xin: Any) -> tuple[int | None, float]:
     for it on the whole batch); one thread is kept unless the default pool is faster.
     """
     n = xin.shape[0]
-    # hessarray's pool works on blocks of samples: keep enough of them to have several blocks.
-    least = 2048 if built.knob == "hessarray" else 64
+    # hessarray's pool works on blocks of samples (up to 2048 each): keep enough of them to
+    # have several blocks, or the probe finds no use for a second thread.
+    least = 16384 if built.knob == "hessarray" else 64
     xs = xin[: max(n // 8, min(n, least))]
     scale = n / xs.shape[0]
     if not built.knob or NCORES == 1:
