@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ._backend import device
 from .api import _check_model
 from .engine.batching import map_blocks
 from .engine.parameter_space import owner_blocks, parameter_products, top_level_blocks
@@ -122,8 +123,6 @@ def _full_matrix(model, x2, xp, chunk_size, ggn) -> Array:
     names = list(params)
     sizes = [_size(params[n]) for n in names]
     total = sum(sizes)
-    from ._backend import device
-
     eye = xp.eye(total, dtype=x2.dtype, device=device(x2))
     plan = make_plan(model.layers, x2.shape[0], x2.shape[1], x2, xp, mode="forward", chunk_size=chunk_size)
     block = max(1, min(total, 256))
@@ -178,8 +177,6 @@ def _split(model, matrix: Array, xp) -> dict[tuple[str, str], Array]:
 
 def _assemble(model, blocks: dict[tuple[str, str], Array], xp, like) -> Array:
     """Layer blocks as one block-diagonal ``(P, P)`` matrix (zeros between layers)."""
-    from ._backend import device
-
     params = model.parameters()
     rows = []
     for a, pa in params.items():

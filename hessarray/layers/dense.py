@@ -175,7 +175,7 @@ class Dense(Layer):
             raise KeyError(name)
         return self, cache, name, y, []
 
-    def param_gradient(self, cache: Any, name: str, g: Array, per_sample: bool = True) -> Array:
+    def param_gradient(self, cache: Any, name: str, g: Array, per_sample: bool) -> Array:
         x, _ = cache
         xp = array_namespace(g)
         B, m, o = g.shape
