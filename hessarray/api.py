@@ -247,7 +247,7 @@ def hessian_diagonal(model: Sequential, x: Array, *, chunk_size: int | None = No
     """
     model = _check_model(model)
     xp, x2, single = model.prepare(x)
-    _, diag = _blocks(model, x2, xp, chunk_size, lambda layers, xb: engine.curvature.hessian_diagonal(layers, xb))
+    _, diag = _blocks(model, x2, xp, chunk_size, lambda layers, xb: engine.curvature.hessian_part(layers, xb, "diag"))
     return _per_sample((diag,), model.scalar_output, single)[0]
 
 
@@ -272,7 +272,7 @@ def laplacian(model: Sequential, x: Array, *, chunk_size: int | None = None) -> 
     """
     model = _check_model(model)
     xp, x2, single = model.prepare(x)
-    _, trace = _blocks(model, x2, xp, chunk_size, lambda layers, xb: engine.curvature.hessian_trace(layers, xb))
+    _, trace = _blocks(model, x2, xp, chunk_size, lambda layers, xb: engine.curvature.hessian_part(layers, xb, "trace"))
     return _per_sample((trace,), model.scalar_output, single)[0]
 
 

@@ -37,7 +37,7 @@ def _top_level_owners(model: Sequential, groups: dict[str, list[str]]) -> list[s
     """Owners that are top-level layers holding their own parameters (``Dense``): their
     blocks come from one backward pass. Parameters nested in composite layers (``"2.0"``)
     or owned elsewhere go through the owner-by-owner path."""
-    return [o for o in groups if o.isdigit() and getattr(model.layers[int(o)], "owns_parameters", False)]
+    return [o for o in groups if o.isdigit() and model.layers[int(o)].owns_parameters]
 
 
 def _size(a: Array) -> int:
@@ -78,10 +78,10 @@ def _blocks(model, x, blocks, flat, per_sample, chunk_size, max_bytes, ggn) -> A
         matrix = _full_matrix(model, x2, xp, chunk_size, ggn)
         return matrix if flat else _split(model, matrix, xp)
     plan = make_plan(model.layers, x2.shape[0], x2.shape[1], x2, xp, mode="forward", chunk_size=chunk_size)
-    out: dict[tuple[str, str], Array] = {}
-    how = "cat" if per_sample else "sum"
     groups = _groups(model)
     top = _top_level_owners(model, groups)
+    # (function of a block of layers and samples -> blocks, the (name, name) key of each)
+    jobs: list[tuple[Any, list[tuple[str, str]]]] = []
     if top:  # one backward pass of Hessians for all of them
         local_names = {int(o): [name.rpartition(".")[2] for name in groups[o]] for o in top}
         pairs = {i: [(a, b) for a in names for b in names] for i, names in local_names.items()}
@@ -91,11 +91,7 @@ def _blocks(model, x, blocks, flat, per_sample, chunk_size, max_bytes, ggn) -> A
             found = top_level_blocks(layers, xb, pairs, ggn, per_sample)
             return tuple(found[key] for key in keys)
 
-        values = map_blocks(run_top, model.layers, x2, plan, (how,) * len(keys), xp)
-        for (i, a, b), value in zip(keys, values):
-            if per_sample:  # (B, 1, ...): the outputs are summed
-                value = value[0, 0, ...] if single else value[:, 0, ...]
-            out[f"{i}.{a}", f"{i}.{b}"] = value
+        jobs.append((run_top, [(f"{i}.{a}", f"{i}.{b}") for i, a, b in keys]))
     for owner, names in groups.items():
         if owner in top:
             continue
@@ -107,11 +103,15 @@ def _blocks(model, x, blocks, flat, per_sample, chunk_size, max_bytes, ggn) -> A
             found = owner_blocks(layers, xb, index, inside, local, ggn, per_sample)
             return tuple(found[pair] for pair in local)
 
-        values = map_blocks(run, model.layers, x2, plan, (how,) * len(local), xp)
-        for (a, b), value in zip(local, values):
+        jobs.append((run, [(f"{owner}.{a}", f"{owner}.{b}") for a, b in local]))
+    out: dict[tuple[str, str], Array] = {}
+    how = "cat" if per_sample else "sum"
+    for run_job, job_keys in jobs:
+        values = map_blocks(run_job, model.layers, x2, plan, (how,) * len(job_keys), xp)
+        for key, value in zip(job_keys, values):
             if per_sample:  # (B, 1, ...): the outputs are summed
                 value = value[0, 0, ...] if single else value[:, 0, ...]
-            out[f"{owner}.{a}", f"{owner}.{b}"] = value
+            out[key] = value
     if flat:
         return _assemble(model, out, xp, x2)
     return out

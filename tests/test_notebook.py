@@ -16,6 +16,7 @@ from backends import materialize, same_kind
 from reference import assert_rel
 
 import hessarray as ha
+from hessarray.__main__ import notebook_arrays
 
 DATA = Path(__file__).parent / "data" / "seed_example.npz"
 MODES = ("forward", "reverse", "auto")
@@ -30,15 +31,9 @@ def npz() -> dict[str, np.ndarray]:
 
 
 def regenerate() -> dict[str, np.ndarray]:
-    """The notebook's inputs: ``np.random.seed(0)`` then ``np.random.rand`` in this order."""
-    rs = np.random.RandomState(0)  # the legacy global stream that np.random.seed(0) resets
-    return {
-        "W1": rs.rand(4, 3),
-        "b1": rs.rand(4, 1),
-        "W2": rs.rand(1, 4),
-        "b2": rs.rand(1, 1),
-        "x": rs.rand(1, 3),
-    }
+    """The notebook's inputs: ``np.random.seed(0)`` then ``np.random.rand`` in this order (as
+    the demo rebuilds them)."""
+    return notebook_arrays()
 
 
 def notebook_model(arrays, asarray) -> ha.Sequential:

@@ -15,16 +15,11 @@ from ..layers.base import Layer, adjoints, forward_chain, pull_curvature_chain, 
 from .forward import forward_mode, identity_seed
 
 
-def hessian_diagonal(layers: list[Layer], x: Any) -> tuple[Any, Any]:
-    """Value ``(B, m)`` and Hessian diagonal ``(B, m, d)``."""
-    y, _, diag = forward_mode(layers, x, True, part="diag")
-    return y, diag
-
-
-def hessian_trace(layers: list[Layer], x: Any) -> tuple[Any, Any]:
-    """Value ``(B, m)`` and Hessian trace (the Laplacian) ``(B, m)``."""
-    y, _, trace = forward_mode(layers, x, True, part="trace")
-    return y, trace
+def hessian_part(layers: list[Layer], x: Any, part: str) -> tuple[Any, Any]:
+    """Value ``(B, m)`` and the Hessian's diagonal ``(B, m, d)`` (``part="diag"``) or trace,
+    the Laplacian, ``(B, m)`` (``part="trace"``)."""
+    y, _, found = forward_mode(layers, x, True, part=part)
+    return y, found
 
 
 def hvp(layers: list[Layer], x: Any, v: Any) -> tuple[Any, Any]:
