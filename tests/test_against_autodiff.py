@@ -113,8 +113,10 @@ def test_matches_torch_func_on_numpy(arch):
     from backends import make_backend
 
     ref = torch_reference(arch.spec, arch.x, arch.wrt)
+    # The two references round differently (a power-4 activation after a residual block has
+    # differed by 2.5e-12 relative on CI's BLAS); they must agree as tightly as hessarray must.
     for k, v in cached_jax_reference(arch.spec, arch.x, arch.wrt).items():
-        _assert_close(ref[k], v, 1e-12, f"torch.func vs jax: {k}")
+        _assert_close(ref[k], v, RTOL, f"torch.func vs jax: {k}")
     check_against(make_backend("numpy"), arch.spec, arch.x, arch.wrt, arch.chunk_size, ref)
 
 
