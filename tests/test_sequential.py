@@ -157,3 +157,33 @@ def test_auto_equals_planned_mode(xp):
         explicit = materialize(xp, ha.derivatives(model, x, mode=planned))
         for a, b in zip(auto, explicit, strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+# The forward mode keeps the tangents as one (d, n) matrix while every layer so far has a
+# constant Jacobian; each shape of that prefix, against torch.func, in every part.
+SHARED_PREFIX = {
+    "dense_first": [("dense", W1, B1), ("act", "tanh"), ("dense", W2, None)],
+    "two_dense_first": [("dense", W1, B1), ("dense", WR, None), ("act", "softplus"), ("dense", W2, None)],
+    "activation_first": [("act", "sin"), ("dense", W1, B1), ("act", "tanh"), ("dense", W2, None)],
+    "residual_first": [("residual", 0.5, [("dense", _rng.standard_normal((D, D)), None), ("act", "tanh")]), ("sum",)],
+    "dense_only": [("dense", W1, B1), ("dense", W2, None)],
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHARED_PREFIX))
+@pytest.mark.parametrize("batch", [1, BATCH])  # batch 1, m=1: d > batch·m takes the per-sample path
+def test_tangents_shared_by_all_samples(xp, name, batch):
+    spec = SHARED_PREFIX[name]
+    x = X[:batch]
+    ref = cached_torch_reference(spec, x)
+    model = build_hessarray(spec, xp.asarray)
+    xx = xp.asarray(x)
+    d = materialize(xp, ha.derivatives(model, xx, mode="forward"))
+    assert_close(d.jacobian, ref["jacobian"], 1e-12, "jacobian")
+    assert_close(d.hessian, ref["hessian"], 1e-12, "hessian")
+    if model.scalar_output:
+        diag = materialize(xp, ha.hessian_diagonal(model, xx))
+        lap = materialize(xp, ha.laplacian(model, xx))
+        want = np.diagonal(ref["hessian"], axis1=-2, axis2=-1)
+        assert_close(diag, want, 1e-12, "diagonal")
+        assert_close(lap, want.sum(-1), 1e-12, "laplacian")

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._backend import array_namespace, device
-from ..layers.base import Layer, adjoints, forward_chain, tangent_seed
+import numpy
+
+from .._backend import array_namespace, device, matmul_last
+from ..layers.base import Layer, adjoints, forward_chain
 
 
 def identity_seed(xp: Any, batch: int, n: int, like: Any) -> Any:
@@ -52,6 +54,23 @@ def contract(xp: Any, factor: tuple, part: str) -> Any:
     return xp.reshape(xp.matmul(lc, xp.permute_dims(right, (1, 2, 0))), (batch, m, k, k))
 
 
+def contract_shared(xp: Any, shared: Any, c: Any, part: str) -> Any:
+    """``contract`` of ``(t, c, t)`` when the tangents ``t`` are one ``(k, r)`` matrix ``S``
+    for every sample (only affine layers before): one matrix product over the samples.
+
+    ``Σ_r S[i, r] c[b, o, r] S[j, r]`` is ``c @ P`` with ``P[r, (i, j)] = S[i, r] S[j, r]``:
+    ``(B·m, r) @ (r, k²)`` instead of ``B·m`` products ``(k, r) @ (r, k)``.
+    """
+    k, r = shared.shape
+    batch, m, _ = c.shape
+    if part == "trace":
+        return xp.vecdot(c, xp.sum(shared * shared, axis=0))
+    if part == "diag":
+        return matmul_last(xp, c, (shared * shared).T)
+    pairs = xp.reshape(shared[:, None, :] * shared[None, :, :], (k * k, r))
+    return xp.reshape(matmul_last(xp, c, pairs.T), (batch, m, k, k))
+
+
 def forward_mode(layers: list[Layer], x: Any, hessian: bool, part: str = "full") -> tuple[Any, Any, Any]:
     """Value ``(B, m)``, Jacobian ``(B, m, d)`` and Hessian ``(B, m, d, d)`` (or ``None``).
 
@@ -60,7 +79,9 @@ def forward_mode(layers: list[Layer], x: Any, hessian: bool, part: str = "full")
 
     Three passes: values forward, adjoints back (only from the first layer with curvature
     up), tangents forward with each layer's curvature added as soon as it is known, so no
-    layer's tangents are kept.
+    layer's tangents are kept. Up to the first layer without a constant Jacobian the
+    tangents are one ``(d, n)`` matrix shared by all samples (``shared``; ``None`` is the
+    identity), and that layer's curvature is contracted with it by :func:`contract_shared`.
     """
     xp = array_namespace(x)
     batch, d = x.shape
@@ -71,21 +92,36 @@ def forward_mode(layers: list[Layer], x: Any, hessian: bool, part: str = "full")
         first = next((i for i, s in enumerate(steps) if s.layer.has_curvature), len(steps))
         if first < len(steps):
             g_out[first:] = adjoints(steps[first:], identity_seed(xp, batch, m, x))
-    t = None
+    shared = None
+    t = None  # per-sample tangents (k, B, n), once they differ between samples
     h = None
     for step, g in zip(steps, g_out):
-        if t is None and g is None:  # first layer, no curvature: write its Jacobian down
-            t, factors = step.layer.push_identity(step.cache, x), []
+        if t is None:
+            jac = step.layer.constant_jacobian(step.cache)
+            if jac is not None:
+                shared = jac if shared is None else xp.matmul(shared, jac)
+                continue
+            if shared is None:
+                shared = xp.eye(d, dtype=x.dtype, device=device(x))
+            elif xp is numpy:  # NumPy fast path: contiguous rows for the passes that read them
+                shared = numpy.ascontiguousarray(shared)
+            t_in = xp.broadcast_to(shared[:, None, :], (d, batch, shared.shape[1]))
+            t, factors = step.layer.push(step.cache, t_in, g)
         else:
-            if t is None:
-                t = tangent_seed(xp, batch, d, x)
+            t_in = None
             t, factors = step.layer.push(step.cache, t, g)
         for factor in factors:
-            term = contract(xp, factor, part)
+            if t_in is not None and factor[0] is t_in and factor[2] is t_in and d <= batch * m:
+                term = contract_shared(xp, shared, factor[1], part)
+            else:
+                term = contract(xp, factor, part)
             h = term if h is None else h + term
-    if t is None:  # no layers
-        t = tangent_seed(xp, batch, d, x)
-    jac = xp.permute_dims(t, (1, 2, 0))
+    if t is None:  # only layers with constant Jacobians
+        if shared is None:
+            shared = xp.eye(d, dtype=x.dtype, device=device(x))
+        jac = xp.broadcast_to(xp.permute_dims(shared, (1, 0))[None, ...], (batch, m, d))
+    else:
+        jac = xp.permute_dims(t, (1, 2, 0))
     if not hessian:
         return y, jac, None
     shape = {"full": (batch, m, d, d), "diag": (batch, m, d), "trace": (batch, m)}[part]

@@ -105,13 +105,15 @@ class Layer:
         """
         raise NotImplementedError
 
-    def push_identity(self, cache: Any, like: Array) -> Array:
-        """``push`` of the identity seed ``(n_in, B, n_in)``: the Jacobian, one input per row.
+    def constant_jacobian(self, cache: Any) -> Array | None:
+        """The Jacobian ``(n_in, n_out)`` when it is the same for every sample, else ``None``.
 
-        Layers override it when the Jacobian is cheaper to write down than to push (a dense
-        layer's is ``Wᵀ``, broadcast, with no GEMM).
+        Affine layers return it (a dense layer's is ``Wᵀ``); such a layer has no curvature.
+        While every layer so far has one, the engine keeps the tangents as one ``(d, n)``
+        matrix for all samples instead of ``(d, B, n)``, and contracts the next layer's
+        curvature with it in one matrix product over the samples.
         """
-        return self.push(cache, tangent_seed(array_namespace(like), like.shape[0], like.shape[1], like))[0]
+        return None
 
     def pull(self, cache: Any, g: Array) -> Array:
         """Vector-Jacobian products: ``(B, M, n_out) -> (B, M, n_in)``, ``g ∂y/∂x``."""

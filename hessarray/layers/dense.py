@@ -83,13 +83,9 @@ class Dense(Layer):
         _, w = cache
         return matmul_last(array_namespace(t), t, w.T), []
 
-    def push_identity(self, cache: Any, like: Array) -> Array:
+    def constant_jacobian(self, cache: Any) -> Array:
         _, w = cache
-        xp = array_namespace(like)
-        w_t = w.T
-        if xp is numpy:  # NumPy fast path: a contiguous Wᵀ keeps later passes on contiguous rows
-            w_t = numpy.ascontiguousarray(w_t)
-        return xp.broadcast_to(w_t[:, None, :], (w.shape[1], like.shape[0], w.shape[0]))
+        return w.T
 
     def pull(self, cache: Any, g: Array) -> Array:
         _, w = cache
