@@ -268,6 +268,32 @@ def test_nested_residual_names_and_derivatives(xp):
             assert_close(p.hessian, ref["p_hess"], RTOL, f"{wrt} hessian ({mode})")
 
 
+def test_residual_remembers_only_the_adjoint_it_pulled(xp):
+    """A residual block reuses its inner adjoints for the ``g`` it last pulled back, and only
+    for that one: pushing with another adjoint, or pulling one in between, is still exact."""
+    block = ha.Residual(ha.Dense(xp.asarray(WR)), ha.Tanh(), h=0.5)
+    rng = np.random.default_rng(5)
+    x = xp.asarray(X)
+    t = xp.asarray(rng.standard_normal((2, BATCH, D)))
+    g1, g2 = (xp.asarray(rng.standard_normal((BATCH, 1, D))) for _ in range(2))
+
+    def fresh(g):
+        _, cache = block.forward(x)
+        return block.pull(cache, g), block.push(cache, t, g)
+
+    _, cache = block.forward(x)
+    for g, other in ((g1, g2), (g2, g1), (g1, g1)):
+        pulled = block.pull(cache, other)
+        assert block.pull(cache, other) is pulled  # remembered
+        t_out, factors = block.push(cache, t, g)
+        want_pull, (want_t, want_factors) = fresh(g)
+        assert_close(xp.to_numpy(block.pull(cache, g)), xp.to_numpy(want_pull), 0, "pull")
+        assert_close(xp.to_numpy(t_out), xp.to_numpy(want_t), 0, "push")
+        for got, want in zip(factors, want_factors, strict=True):
+            for a, b in zip(got, want, strict=True):
+                assert_close(xp.to_numpy(a), xp.to_numpy(b), 0, "curvature factor")
+
+
 # -- terminal layers ---------------------------------------------------------------------------
 def test_sum_layer(xp):
     d = materialize(xp, ha.derivatives(ha.Sequential(ha.Sum()), xp.asarray(X)))

@@ -10,7 +10,6 @@ from .base import (
     Layer,
     adjoints,
     forward_chain,
-    pull_chain,
     pull_curvature_chain,
     pull_hessian_chain,
     pull_rows,
@@ -68,29 +67,49 @@ class Residual(Layer):
 
     def forward(self, x: Array) -> tuple[Array, Any]:
         steps, u = forward_chain(self.layers, x)
-        return x + self.h * u, (x, steps)
+        # The third item remembers, for this call only, what the last adjoint ``g`` pulled
+        # back gave: the engine pulls an adjoint back (``pull``, ``pull_hessian``) and then
+        # needs the same ``g`` pulled again (``pull``, or ``push`` with the inner adjoints).
+        return x + self.h * u, (x, steps, {})
+
+    def _inner_adjoints(self, cache: Any, g: Array) -> list[Array]:
+        _, steps, memo = cache
+        if memo.get("g") is g and "inner" in memo:
+            return memo["inner"]
+        return adjoints(steps, self.h * g)
 
     def push(self, cache: Any, t: Array, g: Array | None = None) -> tuple[Array, list]:
-        _, steps = cache
-        inner_g = None if g is None else adjoints(steps, self.h * g)
+        steps = cache[1]
+        inner_g = None if g is None else self._inner_adjoints(cache, g)
         tu, factors = push_chain(steps, t, inner_g)
         return t + self.h * tu, factors
 
     def pull(self, cache: Any, g: Array) -> Array:
-        _, steps = cache
-        return g + pull_chain(steps, self.h * g)
+        _, steps, memo = cache
+        if memo.get("g") is g and "pulled" in memo:
+            return memo["pulled"]
+        inner = adjoints(steps, self.h * g)
+        first = steps[0]
+        pulled = g + first.layer.pull(first.cache, inner[0])
+        memo.clear()
+        memo.update(g=g, inner=inner, pulled=pulled)
+        return pulled
 
     def curvature_apply(self, cache: Any, g: Array, t: Array) -> Array | None:
-        _, steps = cache
+        steps = cache[1]
         _, t_in = push_keep(steps, t)
-        return pull_curvature_chain(steps, adjoints(steps, self.h * g), t_in)
+        return pull_curvature_chain(steps, self._inner_adjoints(cache, g), t_in)
 
     def pull_hessian(self, cache: Any, g: Array, h: Array | None) -> Array | None:
         # y = x + s·B(x):  H_x = H + s(H J_B + J_Bᵀ H) + s² J_Bᵀ H J_B + s Σ g ∇²B.
-        _, steps = cache
+        steps = cache[1]
         s = self.h
         hb = None if h is None else (s * s) * h
-        _, inner = pull_hessian_chain(steps, None if g is None else s * g, hb)
+        g_in, inner = pull_hessian_chain(steps, None if g is None else s * g, hb)
+        if g is not None:  # the adjoint's own pull-back, for the ``pull`` that follows
+            memo = cache[2]
+            memo.clear()
+            memo.update(g=g, pulled=g + g_in)
         if h is None:
             return inner
         xp = array_namespace(h)
@@ -100,21 +119,21 @@ class Residual(Layer):
 
     # -- parameter directions ---------------------------------------------------------------------
     def push_params(self, cache: Any, t: Array, v: dict[str, Array]) -> Array:
-        _, steps = cache
+        steps = cache[1]
         tu, _ = push_params_keep(steps, t, split_directions(v, len(steps)))
         return t + self.h * tu
 
     def curvature_apply_params(self, cache: Any, g: Array, t: Array, v: dict[str, Array]) -> Array | None:
         if g is None:
             return None
-        _, steps = cache
+        steps = cache[1]
         v_steps = split_directions(v, len(steps))
         _, t_in = push_params_keep(steps, t, v_steps)
         gd, _ = reverse_second(steps, adjoints(steps, self.h * g), None, t_in, v_steps)
         return gd
 
     def param_second(self, cache: Any, g: Array | None, gd: Array, t: Array, v: dict[str, Array]) -> dict[str, Array]:
-        _, steps = cache
+        steps = cache[1]
         v_steps = split_directions(v, len(steps))
         _, t_in = push_params_keep(steps, t, v_steps)
         inner_g = [None] * len(steps) if g is None else adjoints(steps, self.h * g)
@@ -147,7 +166,7 @@ class Residual(Layer):
             layer.check_batch(batch)
 
     def param_owner(self, cache: Any, name: str, y: Array) -> tuple[Layer, Any, str, Array, list]:
-        x, steps = cache
+        x, steps = cache[0], cache[1]
         index, _, rest = name.partition(".")
         if not index.isdigit() or int(index) >= len(steps):
             raise KeyError(name)
