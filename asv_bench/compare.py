@@ -883,6 +883,28 @@ def main_cases(rep: Report, cfg: argparse.Namespace, systems: list[System], st: 
                     ("met" if s >= need else "missed") if s else "—",
                 ]
             )
+            floor = gemm_floor(spec, batch, dtype)
+            need_s = best.seconds / need if best else None
+            rep.out(
+                f"GEMM floor: the {floor['flops'] / 1e9:.3g} GFLOP of hessarray's {floor['mode']} mode at the "
+                f"rate of its own GEMM shape, ({floor['rows']}×{w}) @ ({w}×{w}), {floor['rate'] / 1e9:.1f} GFLOP/s "
+                f"on one thread, times {NCORES} cores with perfect scaling: {fmt_s(floor['seconds'])}"
+                + (f"; the target needs ≤ {fmt_s(need_s)} for the whole call." if need_s else ".")
+            )
+            rep.out()
+            targets[-1].insert(4, f"{fmt_s(floor['seconds'])} / {fmt_s(need_s)}" if need_s else "—")
+            main = next((r for r in rows if r.system == HA_MAIN and r.seconds is not None), None)
+            if key == "mid" and main is not None and main.flops is not None:
+                # The issue's FLOP-rate line, on the case with the highest arithmetic intensity.
+                rate = cfg.rates[(name, main.threads or NCORES)]
+                achieved = 2 * main.flops * batch / main.seconds
+                ceiling = floor["rate"] / cfg.rates[(name, 1)]
+                rep.goal(
+                    f"{label} ({name}): FLOP rate of hessarray's chosen algorithm ≥ 50 % of the matmul rate",
+                    f"{achieved / rate:.1%} of {rate / 1e9:.0f} GFLOP/s (its own GEMM shape alone reaches "
+                    f"{ceiling:.0%} of the large-matmul rate on one thread)",
+                    achieved >= 0.5 * rate,
+                )
             kept[(key, name)] = rows
             rep.goal(
                 f"{label} (d={d}, w={w}, B={batch}, {name}): hessarray numpy ≥ {need:g}× the fastest peer",
@@ -892,8 +914,45 @@ def main_cases(rep: Report, cfg: argparse.Namespace, systems: list[System], st: 
     if targets:
         rep.out('### Targets: hessarray on NumPy (`mode="auto"`) against the fastest peer')
         rep.out()
-        rep.table(["case", "target", "hessarray numpy (auto)", "best hessarray row", "verdict"], targets)
+        rep.table(
+            ["case", "target", "hessarray numpy (auto)", "best hessarray row", "GEMM floor / target time", "verdict"],
+            targets,
+        )
+        rep.out(
+            "*GEMM floor*: a lower bound on the time of hessarray's algorithm with this BLAS: its matrix "
+            "products alone, at the rate NumPy reaches here for their shape (timed in this run), on all "
+            "cores with perfect scaling, and no time for anything else (tanh, the elementwise passes, "
+            "the curvature products). Where it exceeds the target time, the target is out of reach for "
+            "this algorithm on this machine."
+        )
+        rep.out()
     return kept
+
+
+def gemm_floor(spec: Spec, batch: int, dtype: Any, repeats: int = 20) -> dict:
+    """Time of the plan's FLOPs at the best one-thread rate of its own layer GEMMs, on all cores.
+
+    Per dense layer and block the forward mode multiplies ``chunk`` value rows, ``chunk · k``
+    tangent rows and ``chunk`` adjoint rows by a ``w × w`` matrix; the fastest of those row
+    counts, and of all of them stacked, gives the rate (the reverse mode: ``chunk · w`` rows).
+    """
+    model = ha_model(spec, dtype)
+    plan = ha.plan(model, np.zeros((batch, spec.d), dtype=dtype))
+    w, c = spec.width, plan.chunk_size
+    shapes = [c, c * spec.d, c * (2 + spec.d)] if plan.mode == "forward" else [c * w, c * (2 + w)]
+    rng = np.random.default_rng(0)
+    b = rng.standard_normal((w, w)).astype(dtype)
+    best = (0.0, 0)
+    THREADS.apply("hessarray", 1)
+    for rows in sorted(set(shapes)):
+        a = rng.standard_normal((rows, w)).astype(dtype)
+        np.matmul(a, b.T)
+        seconds = statistics.median(timed(lambda _, a=a: np.matmul(a, b.T), None) for _ in range(repeats))
+        best = max(best, (2 * rows * w * w / seconds, rows))
+    THREADS.restore()
+    rate, rows = best
+    flops = 2 * plan.flops[plan.mode] * batch
+    return {"flops": flops, "mode": plan.mode, "rows": rows, "rate": rate, "seconds": flops / (rate * NCORES)}
 
 
 def hessquik_cases(rep: Report, cfg: argparse.Namespace, systems: list[System], st: Settings) -> None:
