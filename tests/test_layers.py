@@ -353,6 +353,54 @@ def test_softmax_cross_entropy_large_logits(xp):
         assert_close(a, b, 1e-12, what)
 
 
+def _ce_exact(W, shift, x, labels):
+    """Gradient and Hessian in x of ``CE(softmax(W x + shift))``, in 60-digit arithmetic."""
+    mpmath = pytest.importorskip("mpmath")  # installed with torch (through sympy)
+    with mpmath.workdps(60):
+        grads, hessians = [], []
+        for xb, label in zip(x, labels, strict=True):
+            z = [
+                mpmath.fsum(mpmath.mpf(w) * mpmath.mpf(v) for w, v in zip(row, xb)) + mpmath.mpf(s0)
+                for row, s0 in zip(W, shift)
+            ]
+            e = [mpmath.exp(zi) for zi in z]
+            p = [ei / mpmath.fsum(e) for ei in e]
+            dz = [pi - (1 if i == label else 0) for i, pi in enumerate(p)]
+            hz = [[(pi if i == j else 0) - pi * pj for j, pj in enumerate(p)] for i, pi in enumerate(p)]
+            n, d = len(p), len(xb)
+            grads.append([float(mpmath.fsum(dz[i] * W[i][a] for i in range(n))) for a in range(d)])
+            pairs = [(i, j) for i in range(n) for j in range(n)]
+            hessians.append(
+                [
+                    [float(mpmath.fsum(W[i][a] * hz[i][j] * W[j][c] for i, j in pairs)) for c in range(d)]
+                    for a in range(d)
+                ]
+            )
+    return np.array(grads), np.array(hessians)
+
+
+@pytest.mark.parametrize("gap", [23.0, 40.0, 800.0])  # the other classes' p: 1e-10, 4e-18, 0
+def test_softmax_cross_entropy_saturated_with_large_tangents(xp, gap):
+    """Large tangents into a saturated softmax: ``Tᵀ(diag p - ppᵀ)T`` is tiny next to
+    ``|T|²``. Written as the difference of its two halves it kept no correct digit (and
+    float64 autodiff is off too here, so the reference is computed in 60 digits)."""
+    rng = np.random.default_rng(11)
+    W = 1e6 * rng.standard_normal((3, 2))
+    shift = np.array([gap, 0.0, -1.0])  # logits W x + shift; W x is small for this x
+    x = 1e-12 * rng.standard_normal((BATCH, 2))
+    labels = [0, 1, 0, 2]
+    grad, hess = _ce_exact(W, shift, x, labels)
+    ce = ha.SoftmaxCrossEntropy(xp.asarray(np.array(labels)))
+    model = ha.Sequential(ha.Dense(xp.asarray(W), xp.asarray(shift)), ce)
+    for mode in MODES:
+        d = materialize(xp, ha.derivatives(model, xp.asarray(x), mode=mode))
+        assert_close(d.jacobian, grad, RTOL, f"gradient ({mode})")
+        assert_close(d.hessian, hess, RTOL, f"hessian ({mode})")
+    v = rng.standard_normal((BATCH, 2))
+    hv = materialize(xp, ha.hvp(model, xp.asarray(x), xp.asarray(v)))
+    assert_close(hv, np.einsum("bij,bj->bi", hess, v), RTOL, "hvp")
+
+
 def test_integer_label_for_one_sample(xp):
     """A 0-d integer label goes with a 1-D ``x``."""
     x = 3 * X[0]

@@ -159,8 +159,11 @@ class MSELoss(_Targeted):
 class SoftmaxCrossEntropy(_Targeted):
     """Cross-entropy of ``softmax(x)`` against labels: ``-Σ_i t_i log softmax(x)_i``.
 
-    Its Hessian, ``(Σ t)(diag p - p pᵀ)`` with ``p = softmax(x)``, is not diagonal; it is
-    applied as a diagonal part and a rank-one part, never formed in forward mode.
+    Its Hessian, ``(Σ t)(diag p - p pᵀ)`` with ``p = softmax(x)``, is not diagonal. In forward
+    mode it is never formed: ``Tᵀ(diag p - p pᵀ)T = Σ_i p_i u_i u_iᵀ`` with the tangents
+    centred on their ``p``-mean, ``u_i = T_i - Σ_j p_j T_j``. That is a sum of positive
+    semidefinite terms; the two halves ``Tᵀ diag(p) T`` and ``(Tᵀp)(pᵀT)`` would cancel
+    catastrophically for large tangents and a saturated softmax.
 
     Parameters
     ----------
@@ -207,27 +210,42 @@ class SoftmaxCrossEntropy(_Targeted):
         lse = shift + xp.log(z)
         mass = xp.sum(t, axis=1)
         value = mass * lse[:, 0] - xp.sum(t * x, axis=1)
-        return value, mass[:, None] * p - t, (p, mass)
+        top = xp.astype(x == shift, x.dtype)  # the largest logit (shared between ties)
+        return value, mass[:, None] * p - t, (p, mass, top / xp.sum(top, axis=1, keepdims=True))
+
+    @staticmethod
+    def _centred(xp, t, p, top):
+        """``t_i - Σ_j p_j t_j`` for tangents ``t`` of shape ``(..., m)`` (``p``, ``top``
+        broadcast against them): taken relative to the largest logit's tangent ``r``, as
+        ``(t_i - r) - Σ_j p_j (t_j - r)``, so that a saturated softmax (``p`` nearly one-hot)
+        loses no digits to the difference of two nearly equal numbers."""
+        d = t - xp.sum(t * top, axis=-1, keepdims=True)
+        return d - xp.sum(d * p, axis=-1, keepdims=True)
 
     def curvature(self, curv, t, c):
-        p, mass = curv
+        p, mass, top = curv
         xp = array_namespace(t)
         c = c * mass[:, None]  # (B, m)
-        tp = xp.vecdot(t, p)[..., None]  # (k, B, 1)
-        return [(t, c[:, :, None] * p[:, None, :], t), (tp, -c[:, :, None], tp)]
+        u = self._centred(xp, t, p, top)  # (k, B, m): centred tangents (see the class doc)
+        return [(u, c[:, :, None] * p[:, None, :], u)]
 
     def hessian_apply(self, curv, c, t):
-        p, mass = curv
+        p, mass, top = curv
         xp = array_namespace(t)
         s = (c * mass[:, None])[:, :, None, None]
-        tp = xp.matmul(t, p[:, :, None])  # (B, k, 1)
-        return s * (t * p[:, None, :] - tp * p[:, None, :])[:, None, ...]
+        u = self._centred(xp, t, p[:, None, :], top[:, None, :])  # (B, k, m)
+        return s * (u * p[:, None, :])[:, None, ...]
 
     def hessian(self, cache, c):
-        _, (p, mass) = cache
+        _, (p, mass, _) = cache
         xp = array_namespace(c)
         s = (c * mass[:, None])[:, :, None, None]
-        return s * (diag_embed(xp, p)[:, None, ...] - p[:, None, :, None] * p[:, None, None, :])
+        off = 1.0 - xp.eye(p.shape[1], dtype=p.dtype, device=device(p))
+        # The diagonal p_a (1 - p_a) with 1 - p_a summed as Σ_{j≠a} p_j: for a saturated
+        # softmax, 1 - p_a computed as a difference would keep no correct digit.
+        rest = xp.matmul(p, off)
+        h = diag_embed(xp, p * rest) - (p[:, :, None] * p[:, None, :]) * off
+        return s * h[:, None, ...]
 
     def __repr__(self):
         return f"SoftmaxCrossEntropy(labels {tuple(self.target.shape)})"
