@@ -356,6 +356,7 @@ def test_softmax_cross_entropy_large_logits(xp):
 def _ce_exact(W, shift, x, labels):
     """Gradient and Hessian in x of ``CE(softmax(W x + shift))``, in 60-digit arithmetic."""
     import mpmath  # a test dependency (pyproject: test extra)
+
     with mpmath.workdps(60):
         grads, hessians = [], []
         for xb, label in zip(x, labels, strict=True):
