@@ -129,14 +129,14 @@ class Residual(Layer):
         steps = cache[1]
         v_steps = split_directions(v, len(steps))
         _, t_in = push_params_keep(steps, t, v_steps)
-        gd, _ = reverse_second(steps, adjoints(steps, self.h * g), None, t_in, v_steps)
+        gd, _ = reverse_second(steps, self._inner_adjoints(cache, g), None, t_in, v_steps)
         return gd
 
     def param_second(self, cache: Any, g: Array | None, gd: Array, t: Array, v: dict[str, Array]) -> dict[str, Array]:
         steps = cache[1]
         v_steps = split_directions(v, len(steps))
         _, t_in = push_params_keep(steps, t, v_steps)
-        inner_g = [None] * len(steps) if g is None else adjoints(steps, self.h * g)
+        inner_g = [None] * len(steps) if g is None else self._inner_adjoints(cache, g)
         _, found = reverse_second(steps, inner_g, None if gd is None else self.h * gd, t_in, v_steps)
         return found
 
