@@ -39,6 +39,7 @@ __all__ = [
     "describe",
     "device",
     "diag_embed",
+    "add_diagonal",
     "matmul_last",
     "is_array_api_obj",
 ]
@@ -128,6 +129,22 @@ def diag_embed(xp: Any, c: Any) -> Any:
     n = c.shape[-1]
     eye = xp.eye(n, dtype=c.dtype, device=device(c))
     return c[..., :, None] * eye
+
+
+def add_diagonal(xp: Any, a: Any, c: Any, *, owned: bool = False) -> Any:
+    """``a + diag_embed(c)`` for ``a`` of shape ``(..., n, n)`` and ``c`` of shape ``(..., n)``.
+
+    ``owned=True`` says that ``a`` is a temporary of the caller's that nobody else holds:
+    NumPy then adds ``c`` into its diagonal in place, through a strided view (two array
+    operations fewer than building the ``(..., n, n)`` diagonal matrix, which is most of
+    the cost for small blocks). Other backends, and ``owned=False``, build it.
+    """
+    n = c.shape[-1]
+    if owned and xp is numpy and a.flags.c_contiguous and a.shape[:-1] == c.shape:
+        flat = a.reshape(*a.shape[:-2], n * n)
+        flat[..., :: n + 1] += c
+        return a
+    return a + diag_embed(xp, c)
 
 
 def is_lazy(xp: Any) -> bool:

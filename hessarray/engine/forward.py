@@ -17,7 +17,7 @@ from typing import Any
 import numpy
 
 from .._backend import array_namespace, device, matmul_last
-from ..layers.base import Layer, adjoints, forward_chain
+from ..layers.base import Contracted, Layer, adjoints, forward_chain
 
 
 def identity_seed(xp: Any, batch: int, n: int, like: Any) -> Any:
@@ -38,6 +38,8 @@ def contract(xp: Any, factor: tuple, part: str) -> Any:
     ``part="full"``: ``(B, m, k, k)``, ``Σ_r L[i] c R[j]``; ``"diag"``: ``(B, m, k)``, only
     ``i = j`` (``O(k r)``, no ``k²`` work); ``"trace"``: ``(B, m)``, the sum of the diagonal.
     """
+    if isinstance(factor, Contracted):  # the layer contracted it itself (few directions)
+        return contracted_part(xp, factor.term, part)
     left, c, right = factor
     k, batch, r = left.shape
     m = c.shape[1]
@@ -52,6 +54,15 @@ def contract(xp: Any, factor: tuple, part: str) -> Any:
     # Per sample (m·k, r) @ (r, k) on sample-major views (NumPy copies them for BLAS itself).
     lc = xp.reshape(xp.permute_dims(lc, (1, 2, 0, 3)), (batch, m * k, r))
     return xp.reshape(xp.matmul(lc, xp.permute_dims(right, (1, 2, 0))), (batch, m, k, k))
+
+
+def contracted_part(xp: Any, term: Any, part: str) -> Any:
+    """The ``part`` of a :class:`Contracted` term ``(B, m, k, k)`` (``k`` is small)."""
+    if part == "full":
+        return term
+    k = term.shape[-1]
+    diag = xp.sum(term * xp.eye(k, dtype=term.dtype, device=device(term)), axis=-1)
+    return diag if part == "diag" else xp.sum(diag, axis=-1)
 
 
 def contract_shared(xp: Any, shared: Any, c: Any, part: str) -> Any:
@@ -111,7 +122,8 @@ def forward_mode(layers: list[Layer], x: Any, hessian: bool, part: str = "full")
             t_in = None
             t, factors = step.layer.push(step.cache, t, g)
         for factor in factors:
-            if t_in is not None and factor[0] is t_in and factor[2] is t_in and d <= batch * m:
+            shared_factor = t_in is not None and not isinstance(factor, Contracted)
+            if shared_factor and factor[0] is t_in and factor[2] is t_in and d <= batch * m:
                 term = contract_shared(xp, shared, factor[1], part)
             else:
                 term = contract(xp, factor, part)

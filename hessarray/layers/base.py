@@ -11,7 +11,9 @@ model outputs that adjoints belong to):
 - ``h`` ``(B, m, n_out, n_out)``: Hessians ``d² out_i / dy²`` (``None`` is zero);
 - ``(L, c, R)`` ``(k, B, r)``, ``(B, m, r)``, ``(k, B, r)``: curvature factors;
   ``tᵀ (Σ_j g_j ∇²y_j) t`` is ``Σ_r L[i, b, r] c[b, o, r] R[j, b, r]`` summed over the
-  factor triples (for an elementwise layer ``L = R = t`` and ``c = g φ''``).
+  factor triples (for an elementwise layer ``L = R = t`` and ``c = g φ''``). A layer may
+  instead give a :class:`Contracted` term ``(B, m, k, k)``, the sum itself (fused kernels
+  do, for few directions).
 
 Tangents are direction-major with the feature axis last so that a dense layer pushes all
 ``k·B`` of them with one GEMM, and scaling them by a per-sample ``(B, n)`` array (``φ'``) is
@@ -38,6 +40,16 @@ def tangent_seed(xp: Any, batch: int, n: int, like: Array) -> Array:
 def sample_major(t: Array) -> Array:
     """Tangents ``(k, B, n)`` as ``(B, k, n)`` (a view), for per-sample contractions."""
     return array_namespace(t).permute_dims(t, (1, 0, 2))
+
+
+class Contracted(NamedTuple):
+    """A curvature term already contracted: ``tᵀ (Σ_j g_j ∇²y_j) t`` as ``(B, m, k, k)``.
+
+    :meth:`Layer.push` may return it among its factors in place of a triple ``(L, c, R)``
+    when it has computed the sum itself (a fused kernel, for few directions ``k``).
+    """
+
+    term: Array
 
 
 class Step(NamedTuple):
@@ -371,6 +383,7 @@ def pull_rows(steps: list[Step], h: Array) -> Array:
 
 
 __all__ = [
+    "Contracted",
     "Layer",
     "Step",
     "adjoints",

@@ -1,0 +1,192 @@
+"""The fused NumPy kernels (numba) against the portable path they stand beside.
+
+The rest of the suite runs the NumPy backend with them on (the default when numba is
+installed); here each kernel is compared with the portable code directly, including where it
+must not apply, NaN and infinity, and whole models with the kernels switched off.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import hessarray as ha
+from hessarray import _fused
+from hessarray.engine.forward import contract
+from hessarray.layers.base import Contracted
+
+pytest.importorskip("numba")
+
+PARTS = ("full", "diag", "trace")
+TOL = {np.float64: 1e-13, np.float32: 2e-5}
+
+ACTIVATIONS = {
+    "tanh": ha.Tanh(),
+    "sigmoid": ha.Sigmoid(),
+    "softplus": ha.Softplus(2.0),
+    "elu": ha.ELU(),
+    "silu": ha.SiLU(),
+    "logcosh": ha.LogCosh(),
+    "sin": ha.Sin(),
+    "square": ha.Square(),
+    "cube": ha.Elementwise(lambda z: z**3, lambda z: 3 * z**2, lambda z: 6 * z),
+}
+
+
+@pytest.fixture
+def portable(monkeypatch):
+    """Switch the fused kernels off for the duration of a block (``with portable():``)."""
+
+    class Off:
+        def __enter__(self):
+            monkeypatch.setattr(_fused, "ENABLED", False)
+
+        def __exit__(self, *exc):
+            monkeypatch.setattr(_fused, "ENABLED", True)
+
+    monkeypatch.setattr(_fused, "ENABLED", True)
+    return Off
+
+
+def _operands(dtype, k, m, batch=7, n=9, seed=0):
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((batch, n)).astype(dtype)
+    t = rng.standard_normal((k, batch, n)).astype(dtype)
+    g = rng.standard_normal((batch, m, n)).astype(dtype)
+    return z, t, g
+
+
+def _terms(factors, part):
+    total = None
+    for f in factors:
+        term = contract(np, f, part)
+        total = term if total is None else total + term
+    return total
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("k", [1, 2, 3, _fused.MAX_K])
+@pytest.mark.parametrize("m", [1, 3])
+@pytest.mark.parametrize("name", list(ACTIVATIONS))
+def test_push_curvature_matches_portable(portable, name, k, m, dtype):
+    layer = ACTIVATIONS[name]
+    z, t, g = _operands(dtype, k, m)
+    _, cache = layer.forward(z)
+    t_fused, factors = layer.push(cache, t, g)
+    assert len(factors) == 1 and isinstance(factors[0], Contracted)
+    with portable():
+        _, cache_p = layer.forward(z)
+        t_port, factors_p = layer.push(cache_p, t, g)
+    assert not isinstance(factors_p[0], Contracted)
+    assert t_fused.dtype == dtype and factors[0].term.dtype == dtype
+    np.testing.assert_allclose(t_fused, t_port, rtol=TOL[dtype], atol=0)
+    for part in PARTS:
+        want = _terms(factors_p, part)
+        got = _terms(factors, part)
+        assert got.shape == want.shape
+        scale = np.max(np.abs(want))
+        np.testing.assert_allclose(got, want, rtol=0, atol=TOL[dtype] * 10 * scale)
+    full = factors[0].term
+    np.testing.assert_array_equal(full, np.swapaxes(full, -1, -2))  # both halves written
+
+
+def test_tanh_derivatives_match_portable(portable):
+    z = np.linspace(-30, 30, 600).reshape(3, -1)
+    f, df, d2f = ha.Tanh().derivatives(np, z)
+    with portable():
+        f_p, df_p, d2f_p = ha.Tanh().derivatives(np, z)
+    np.testing.assert_array_equal(f, f_p)
+    # 1 - f² cancels for large |z|: a fused multiply-add may round it differently, so the
+    # comparison is absolute, against φ' ≤ 1 and |φ''| ≤ 0.77.
+    np.testing.assert_allclose(df, df_p, rtol=0, atol=4e-16)
+    np.testing.assert_allclose(d2f, d2f_p, rtol=0, atol=4e-16)
+    z32 = z.astype(np.float32)
+    assert all(a.dtype == np.float32 for a in ha.Tanh().derivatives(np, z32))
+
+
+def test_push_curvature_falls_back_where_it_does_not_apply(portable):
+    layer = ha.Tanh()
+    z, t, g = _operands(np.float64, _fused.MAX_K + 1, 1)
+    _, cache = layer.forward(z)
+    _, factors = layer.push(cache, t, g)
+    assert not isinstance(factors[0], Contracted), "too many directions: per-sample GEMMs"
+    z, t, g = _operands(np.float64, 2, 1)
+    _, cache = layer.forward(z)
+    shared = np.broadcast_to(t[:, :1, :], t.shape)  # tangents shared by all samples
+    _, factors = layer.push(cache, shared, g)
+    assert factors[0][0] is shared, "broadcast tangents stay a triple, for the engine's GEMM"
+    strided = np.asarray(np.random.default_rng(3).standard_normal((2, 7, 18)))[:, :, ::2]
+    _, factors = layer.push(cache, strided, g)
+    assert not isinstance(factors[0], Contracted), "non-contiguous operands take the portable path"
+    mixed = t.astype(np.float32)
+    _, factors = layer.push(cache, mixed, g)
+    assert not isinstance(factors[0], Contracted), "mixed dtypes take the portable path"
+    _, factors = layer.push(cache, t)
+    assert factors == [], "no adjoints, no curvature"
+    with portable():
+        _, factors = layer.push(cache, t, g)
+    assert not isinstance(factors[0], Contracted)
+
+
+def test_push_curvature_keeps_nan_and_inf(portable):
+    layer = ha.Tanh()
+    z, t, g = _operands(np.float64, 2, 2)
+    t[1, 3, 4] = np.nan
+    g[5, 1, 0] = np.inf
+    _, cache = layer.forward(z)
+    _, factors = layer.push(cache, t, g)
+    with portable():
+        _, factors_p = layer.push(cache, t, g)
+    got, want = _terms(factors, "full"), _terms(factors_p, "full")
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+    finite = np.isfinite(want)
+    assert finite.sum() > 0 and not np.isfinite(want).all()
+    np.testing.assert_allclose(got[finite], want[finite], rtol=1e-13)
+
+
+def _model(d, m):
+    rng = np.random.default_rng(d + 10 * m)
+    w = 6
+    return ha.Sequential(
+        ha.Dense(rng.standard_normal((w, d)) / np.sqrt(d), rng.standard_normal(w)),
+        ha.Tanh(),
+        ha.Residual(ha.Dense(rng.standard_normal((w, w)) / np.sqrt(w)), ha.Sigmoid(), h=0.5),
+        ha.Dense(rng.standard_normal((w, w)) / np.sqrt(w), rng.standard_normal(w)),
+        ha.SiLU(),
+        ha.Dense(rng.standard_normal((m, w)) / np.sqrt(w)),
+        *([ha.Sum()] if m == 1 else []),
+    )
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("d,m", [(1, 1), (2, 1), (4, 1), (3, 2), (6, 1)])
+def test_models_agree_with_and_without_the_kernels(portable, d, m, dtype):
+    model = _model(d, m)
+    x = np.random.default_rng(5).standard_normal((37, d)).astype(dtype)
+    v = np.random.default_rng(6).standard_normal((37, d)).astype(dtype)
+    calls = {
+        "derivatives": lambda: tuple(ha.derivatives(model, x, mode="forward", chunk_size=16)),
+        "diagonal": lambda: (ha.hessian_diagonal(model, x),),
+        "laplacian": lambda: (ha.laplacian(model, x),),
+        "hvp": lambda: (ha.hvp(model, x, v),),
+    }
+    for name, call in calls.items():
+        fused = call()
+        with portable():
+            plain = call()
+        for a, b in zip(fused, plain):
+            assert a.dtype == dtype, name
+            np.testing.assert_allclose(a, b, rtol=TOL[dtype] * 100, atol=TOL[dtype] * 100 * np.max(np.abs(b)))
+
+
+@pytest.mark.parametrize("value,expected", [("0", False), ("off", False), ("1", True), ("", True)])
+def test_environment_switch(value, expected):
+    code = "import hessarray._fused as f; print(f.ENABLED)"
+    env = dict(os.environ, HESSARRAY_NUMBA=value)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(expected)
