@@ -40,6 +40,7 @@ __all__ = [
     "device",
     "diag_embed",
     "add_diagonal",
+    "symmetrize",
     "matmul_last",
     "is_array_api_obj",
 ]
@@ -145,6 +146,21 @@ def add_diagonal(xp: Any, a: Any, c: Any, *, owned: bool = False) -> Any:
         flat[..., :: n + 1] += c
         return a
     return a + diag_embed(xp, c)
+
+
+def symmetrize(xp: Any, h: Any) -> Any:
+    """``(h + hᵀ) / 2`` over the last two axes: exactly symmetric Hessians.
+
+    NumPy fast path: the transpose is copied to a contiguous array first (a cache-friendly
+    copy) and the rest done in place on that copy; adding a transposed view directly walks
+    one operand across rows (1.5× slower for ``(10, 1, 64, 64)`` here).
+    """
+    if xp is numpy and h.ndim >= 2:
+        out = numpy.ascontiguousarray(numpy.swapaxes(h, -1, -2))
+        out += h
+        out *= 0.5
+        return out
+    return 0.5 * (h + xp.matrix_transpose(h))
 
 
 def is_lazy(xp: Any) -> bool:

@@ -29,9 +29,10 @@ except ImportError:  # pragma: no cover - exercised where numba is absent
     numba = None
 
 #: Up to this many tangent directions the forward-mode curvature of an elementwise layer
-#: is contracted in the fused loop (``k(k+1)/2`` dot products per sample); beyond it the
-#: portable path's per-sample matrix products (BLAS) are faster.
-MAX_K = 4
+#: is contracted in the fused loop (``k(k+1)/2`` dot products per sample, four at a time).
+#: Measured against the portable path (one thread, one block): 1.5-2× faster for k ≤ 16,
+#: ~1.07× at 20-24; at k = 50 in float32 the per-sample BLAS products win (0.7×).
+MAX_K = 24
 
 _FLOATS = (numpy.dtype(numpy.float32), numpy.dtype(numpy.float64))
 
@@ -97,21 +98,42 @@ if numba is not None:
     def _push_curvature(df, d2f, g, t, t_out, term):  # pragma: no cover - compiled
         k, batch, n = t.shape
         m = g.shape[1]
-        c = numpy.empty(n, dtype=t.dtype)
+        u = numpy.empty(n, dtype=t.dtype)
+        zero = t.dtype.type(0)
         for b in range(batch):
             for i in range(k):
                 for r in range(n):
                     t_out[i, b, r] = df[b, r] * t[i, b, r]
             for o in range(m):
-                for r in range(n):
-                    c[r] = g[b, o, r] * d2f[b, r]
                 for i in range(k):
-                    for j in range(i, k):
-                        s = t.dtype.type(0)
+                    for r in range(n):
+                        u[r] = g[b, o, r] * d2f[b, r] * t[i, b, r]
+                    # Σ_r u[r] t[j, b, r] for j ≥ i, four j at a time: u is read once per four.
+                    j = i
+                    while j + 3 < k:
+                        s0 = zero
+                        s1 = zero
+                        s2 = zero
+                        s3 = zero
                         for r in range(n):
-                            s += c[r] * t[i, b, r] * t[j, b, r]
-                        term[b, o, i, j] = s
-                        term[b, o, j, i] = s
+                            ur = u[r]
+                            s0 += ur * t[j, b, r]
+                            s1 += ur * t[j + 1, b, r]
+                            s2 += ur * t[j + 2, b, r]
+                            s3 += ur * t[j + 3, b, r]
+                        term[b, o, i, j] = s0
+                        term[b, o, i, j + 1] = s1
+                        term[b, o, i, j + 2] = s2
+                        term[b, o, i, j + 3] = s3
+                        j += 4
+                    while j < k:
+                        s0 = zero
+                        for r in range(n):
+                            s0 += u[r] * t[j, b, r]
+                        term[b, o, i, j] = s0
+                        j += 1
+                    for j in range(i + 1, k):
+                        term[b, o, j, i] = term[b, o, i, j]
 
     @_jit
     def _tanh_derivatives(f, df, d2f):  # pragma: no cover - compiled

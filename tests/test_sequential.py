@@ -168,6 +168,39 @@ SHARED_PREFIX = {
     "residual_first": [("residual", 0.5, [("dense", _rng.standard_normal((D, D)), None), ("act", "tanh")]), ("sum",)],
     "dense_only": [("dense", W1, B1), ("dense", W2, None)],
 }
+# Narrowing prefixes (d > n at the first non-affine layer): the tangents are seeded in the
+# narrower coordinates and mapped back with S H Sᵀ.
+_nr = np.random.default_rng(7)
+SHARED_PREFIX.update(
+    {
+        "narrowing_first": [
+            ("dense", _nr.standard_normal((2, D)), _nr.standard_normal(2)),
+            ("act", "tanh"),
+            ("dense", _nr.standard_normal((3, 2)), None),
+            ("act", "sin"),
+            ("sum",),
+        ],
+        "narrowing_two_dense": [
+            ("dense", W1, B1),
+            ("dense", _nr.standard_normal((1, N)), None),
+            ("act", "sin"),
+            ("dense", _nr.standard_normal((2, 1)), None),
+            ("act", "tanh"),
+            ("sum",),
+        ],
+        "narrowing_vector_output": [
+            ("dense", _nr.standard_normal((2, D)), None),
+            ("act", "softplus"),
+            ("dense", _nr.standard_normal((M, 2)), None),
+            ("act", "tanh"),
+        ],
+        "narrowing_residual_next": [
+            ("dense", _nr.standard_normal((2, D)), None),
+            ("residual", 0.5, [("dense", _nr.standard_normal((2, 2)), None), ("act", "tanh")]),
+            ("sum",),
+        ],
+    }
+)
 
 
 @pytest.mark.parametrize("name", sorted(SHARED_PREFIX))

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy
 
-from .._backend import array_namespace, device, matmul_last
+from .._backend import array_namespace, device, diag_embed, matmul_last, symmetrize
 from ..layers.base import Contracted, Layer, adjoints, forward_chain
 
 
@@ -91,8 +91,13 @@ def forward_mode(layers: list[Layer], x: Any, hessian: bool, part: str = "full")
     Three passes: values forward, adjoints back (only from the first layer with curvature
     up), tangents forward with each layer's curvature added as soon as it is known, so no
     layer's tangents are kept. Up to the first layer without a constant Jacobian the
-    tangents are one ``(d, n)`` matrix shared by all samples (``shared``; ``None`` is the
-    identity), and that layer's curvature is contracted with it by :func:`contract_shared`.
+    tangents are one ``(d, n)`` matrix ``S`` shared by all samples, and that layer's
+    curvature is contracted with it by :func:`contract_shared`.
+
+    When ``S`` has more rows than columns (``d > n``: a dense layer narrows the input), the
+    tangents are seeded in that layer's ``n`` coordinates instead (``k = n`` directions,
+    not ``d``), and the Jacobian and Hessian are mapped back at the end: ``J Sᵀ`` and
+    ``S H Sᵀ``, two matrix products over all samples.
     """
     xp = array_namespace(x)
     batch, d = x.shape
@@ -103,30 +108,38 @@ def forward_mode(layers: list[Layer], x: Any, hessian: bool, part: str = "full")
         first = next((i for i, s in enumerate(steps) if s.layer.has_curvature), len(steps))
         if first < len(steps):
             g_out[first:] = adjoints(steps[first:], identity_seed(xp, batch, m, x))
-    shared = None
+    shared = None  # (k, n) tangents shared by all samples; None is the identity
+    outer = None  # (d, n): the map back from reduced seeds, or None
     t = None  # per-sample tangents (k, B, n), once they differ between samples
     h = None
+    inner_part = part
     for step, g in zip(steps, g_out):
         if t is None:
             jac = step.layer.constant_jacobian(step.cache)
             if jac is not None:
                 shared = jac if shared is None else xp.matmul(shared, jac)
                 continue
+            n = d if shared is None else shared.shape[1]
+            if shared is not None and shared.shape[0] > n:
+                outer, shared, inner_part = shared, None, "full"  # seeds in the narrower space
             if shared is None:
-                shared = xp.eye(d, dtype=x.dtype, device=device(x))
-            elif xp is numpy:  # NumPy fast path: contiguous rows for the passes that read them
-                shared = numpy.ascontiguousarray(shared)
-            t_in = xp.broadcast_to(shared[:, None, :], (d, batch, shared.shape[1]))
+                seeds = xp.eye(n, dtype=x.dtype, device=device(x))
+            else:
+                seeds = numpy.ascontiguousarray(shared) if xp is numpy else shared  # NumPy: rows read often
+            k = seeds.shape[0]
+            t_in = xp.broadcast_to(seeds[:, None, :], (k, batch, n))
             t, factors = step.layer.push(step.cache, t_in, g)
         else:
             t_in = None
             t, factors = step.layer.push(step.cache, t, g)
         for factor in factors:
-            shared_factor = t_in is not None and not isinstance(factor, Contracted)
-            if shared_factor and factor[0] is t_in and factor[2] is t_in and d <= batch * m:
-                term = contract_shared(xp, shared, factor[1], part)
+            is_shared = t_in is not None and not isinstance(factor, Contracted) and factor[0] is t_in
+            if is_shared and factor[2] is t_in and shared is None:  # identity seeds
+                term = identity_part(xp, factor[1], inner_part)
+            elif is_shared and factor[2] is t_in and k <= batch * m:
+                term = contract_shared(xp, seeds, factor[1], inner_part)
             else:
-                term = contract(xp, factor, part)
+                term = contract(xp, factor, inner_part)
             h = term if h is None else h + term
     if t is None:  # only layers with constant Jacobians
         if shared is None:
@@ -134,11 +147,38 @@ def forward_mode(layers: list[Layer], x: Any, hessian: bool, part: str = "full")
         jac = xp.broadcast_to(xp.permute_dims(shared, (1, 0))[None, ...], (batch, m, d))
     else:
         jac = xp.permute_dims(t, (1, 2, 0))
+        if outer is not None:
+            jac = matmul_last(xp, jac, xp.permute_dims(outer, (1, 0)))
     if not hessian:
         return y, jac, None
     shape = {"full": (batch, m, d, d), "diag": (batch, m, d), "trace": (batch, m)}[part]
     if h is None:
         return y, jac, xp.zeros(shape, dtype=x.dtype, device=device(x))
+    if outer is not None:
+        h = map_back(xp, h, outer, part)
     if part != "full":
         return y, jac, h
-    return y, jac, 0.5 * (h + xp.permute_dims(h, (0, 1, 3, 2)))
+    return y, jac, symmetrize(xp, h)
+
+
+def identity_part(xp: Any, c: Any, part: str) -> Any:
+    """``contract`` of ``(I, c, I)``: tangents seeded with the identity, shared by all samples.
+
+    The term is ``diag(c)``: ``(B, m, n, n)``; its diagonal is ``c`` and its trace the sum.
+    """
+    if part == "trace":
+        return xp.sum(c, axis=-1)
+    return c if part == "diag" else diag_embed(xp, c)
+
+
+def map_back(xp: Any, h: Any, outer: Any, part: str) -> Any:
+    """``S H Sᵀ`` (or its diagonal or trace) for ``H`` ``(B, m, n, n)`` found in the reduced
+    coordinates and ``S`` ``(d, n)``: two matrix products over all samples for the full
+    Hessian, one for the diagonal, and one ``(n, n)`` product for the trace."""
+    s_t = xp.permute_dims(outer, (1, 0))
+    if part == "trace":  # tr(S H Sᵀ) = Σ H ⊙ SᵀS (SᵀS is symmetric)
+        return xp.sum(h * xp.matmul(s_t, outer), axis=(-2, -1))
+    a = matmul_last(xp, h, s_t)  # (B, m, n, d): H Sᵀ
+    if part == "diag":
+        return xp.sum(a * s_t, axis=-2)
+    return matmul_last(xp, xp.permute_dims(a, (0, 1, 3, 2)), s_t)  # (H Sᵀ)ᵀ Sᵀ = S Hᵀ Sᵀ

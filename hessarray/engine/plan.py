@@ -82,8 +82,15 @@ def _estimate(layers: list[Layer], d: int, hessian: bool) -> tuple[dict[str, flo
     for layer in layers:
         widths.append(layer.out_width(widths[-1]))
     m = widths[-1]
+    k, shared = d, True  # forward tangents; shared by all samples while the layers are affine
     for layer, n in zip(layers, widths):
-        f, r = layer.flops(n, d, m)
+        if shared and not layer.affine:
+            shared = False
+            if n < d:  # seeds in the narrower space, and S H Sᵀ (and J Sᵀ) at the end
+                k = n
+                fwd += m * (n * n * d + n * d * d + n * d)
+        # Tangents shared by all samples cost nothing per sample: only the value and adjoints.
+        f, r = layer.flops(n, 0 if shared else k, m)
         fwd, rev = fwd + f, rev + r
         one += layer.flops(n, 0, 0)[0]
         widest = max(widest, n)

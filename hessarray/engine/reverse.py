@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._backend import array_namespace, device
+from .._backend import array_namespace, device, symmetrize
 from ..layers.base import Layer, forward_chain, pull_chain, pull_hessian_chain
 from .forward import identity_seed
 
@@ -25,4 +25,4 @@ def reverse_mode(layers: list[Layer], x: Any, hessian: bool) -> tuple[Any, Any, 
     jac, h = pull_hessian_chain(steps, g, None)
     if h is None:
         return y, jac, xp.zeros((batch, m, d, d), dtype=x.dtype, device=device(x))
-    return y, jac, 0.5 * (h + xp.permute_dims(h, (0, 1, 3, 2)))
+    return y, jac, symmetrize(xp, h)

@@ -74,6 +74,9 @@ class Layer:
     #: ``False`` when every second derivative of the layer vanishes (dense maps, ReLU, ...):
     #: the engine then needs no adjoints below it.
     has_curvature: bool = True
+    #: ``True`` when the Jacobian is the same for every sample (:meth:`constant_jacobian`
+    #: returns it): the planner then knows, from shapes alone, how many tangents follow.
+    affine: bool = False
     #: Width the layer requires of its input, or ``None`` when any width will do.
     in_width: int | None = None
     #: ``True`` for layers that reduce a sample to one number (``Sum``, losses).

@@ -36,7 +36,7 @@ class Dense(Layer):
     """
 
     has_curvature = False
-
+    affine = True
     owns_parameters = True
 
     def __init__(self, W: Array, b: Array | None = None) -> None:
