@@ -23,7 +23,8 @@ and in each installed peer, and value, gradient and Hessian of every sample are 
 
 Every result is checked against hessarray (float64: relative 1e-10) before it is timed; a
 row that disagrees is marked MISMATCH and not timed. Systems are timed round-robin (one call
-of each per round, after a warm-up) and the median is reported: on a shared, noisy machine,
+of each per round, after a warm-up; each round starts with the next system) and the median is
+reported: on a shared, noisy machine,
 ratios taken in one run are meaningful, absolute times less so.
 
 The full run writes ``docs/benchmarks.md`` and ``docs/benchmarks_batch.png``; ``--quick``
@@ -674,7 +675,12 @@ def compare(
     rounds = max((r.repeats for r, *_ in live), default=0)
     for k in range(rounds):
         gc.collect()
-        for row, built, xin, number in live:
+        # Each round starts with a different system: the first call after the previous round
+        # (and after the collection) finds colder caches and memory, which cost the system
+        # timed first up to 40 % in earlier runs (PINN-like: auto 82 ms, forward 58 ms, same
+        # algorithm). Rotating spreads that over every system; medians drop it.
+        shift = k % len(live)
+        for row, built, xin, number in live[shift:] + live[:shift]:
             if k < row.repeats:
                 THREADS.apply(built.knob, row.threads or 1)
                 row.times.append(timed(built.fn, xin, number) * batch / row.samples)
@@ -1330,7 +1336,8 @@ def main(argv: list[str] | None = None) -> int:
         rep.out()
     rep.out(
         "How to read this: the machine is shared and noisy, so the ratios between systems measured in "
-        "one run (round-robin, medians) are the meaningful numbers, absolute times much less. Every "
+        "one run (round-robin, each round starting with the next system; medians) are the meaningful "
+        "numbers, absolute times much less. Every "
         "result is checked before it is timed: relative error (max |a-b| / max |b| over value, gradient "
         "and Hessian) ≤ 1e-10 against hessarray in float64, ≤ 1e-3 in float32 (against hessarray's "
         "float64 result); a system that fails is marked MISMATCH and not timed. Systems whose thread pools "
