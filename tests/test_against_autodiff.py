@@ -18,7 +18,9 @@ from reference import (
     astype_spec,
     build_hessarray,
     cached_jax_reference,
+    cached_torch_reference,
     is_scalar,
+    max_err,
     torch_reference,
 )
 from strategies import HYPOTHESIS_SEED, architectures
@@ -87,9 +89,28 @@ def check_against(backend, spec, x_np, wrt, chunk_size, ref, rtol=RTOL, modes=MO
     return got
 
 
+def reference_spread(a: dict, b: dict) -> float:
+    """Largest relative disagreement (as :func:`assert_close` measures it) of two references."""
+    spread = 0.0
+    for key in a.keys() & b.keys():
+        err, scale = max_err(a[key], b[key])
+        spread = max(spread, err / max(1.0, scale))
+    return spread
+
+
 def _matches_jax(xp, arch):
     ref = cached_jax_reference(arch.spec, arch.x, arch.wrt)
-    check_against(xp, arch.spec, arch.x, arch.wrt, arch.chunk_size, ref)
+    try:
+        check_against(xp, arch.spec, arch.x, arch.wrt, arch.chunk_size, ref)
+    except AssertionError:
+        # An ill-conditioned draw can put JAX's own rounding past RTOL (seed 31: (x⁴)⁴ into a
+        # cross-entropy, Hessian entries ~1e8; JAX is 1.2e-10 off both torch.func and
+        # hessarray, which agree to 2e-16). Then the bound is widened by the spread of two
+        # independent references, never beyond it: if they agree, the failure stands.
+        spread = reference_spread(ref, cached_torch_reference(arch.spec, arch.x, arch.wrt))
+        if spread <= RTOL:
+            raise
+        check_against(xp, arch.spec, arch.x, arch.wrt, arch.chunk_size, ref, rtol=RTOL + spread)
 
 
 FAST = [b for b in BACKENDS if b not in SLOW]
