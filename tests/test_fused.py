@@ -190,3 +190,26 @@ def test_environment_switch(value, expected):
     env = dict(os.environ, HESSARRAY_NUMBA=value)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == str(expected)
+
+
+def test_without_numba_the_portable_path_runs():
+    """numba is optional: blocked at import, the kernels are off and results are unchanged."""
+    code = (
+        "import sys; sys.modules['numba'] = None\n"
+        "import numpy as np, hessarray as ha\n"
+        "from hessarray import _fused\n"
+        "assert _fused.numba is None and not _fused.ENABLED\n"
+        "rng = np.random.default_rng(0)\n"
+        "w1, w2 = rng.standard_normal((6, 3)), rng.standard_normal((1, 6))\n"
+        "m = ha.Sequential(ha.Dense(w1), ha.Tanh(), ha.Dense(w2), ha.Sum())\n"
+        "np.save(sys.argv[1], ha.hessian(m, rng.standard_normal((5, 3))))\n"
+    )
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "h.npy")
+        subprocess.run([sys.executable, "-c", code, path], check=True, capture_output=True, text=True)
+        plain = np.load(path, allow_pickle=False)
+    rng = np.random.default_rng(0)
+    m = ha.Sequential(ha.Dense(rng.standard_normal((6, 3))), ha.Tanh(), ha.Dense(rng.standard_normal((1, 6))), ha.Sum())
+    np.testing.assert_allclose(ha.hessian(m, rng.standard_normal((5, 3))), plain, rtol=1e-13, atol=1e-15)
