@@ -729,11 +729,24 @@ def versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version(), "hessarray": ha.__version__}
-    for dist in ("numpy", "array-api-compat", "torch", "jax", "jaxlib", "tensorflow", "hessQuik", "threadpoolctl"):
+    for dist in (
+        "numpy",
+        "array-api-compat",
+        "numba",
+        "torch",
+        "jax",
+        "jaxlib",
+        "tensorflow",
+        "hessQuik",
+        "threadpoolctl",
+    ):
         try:
             out[dist] = version(dist)
         except PackageNotFoundError:
             out[dist] = "not installed"
+    from hessarray import _fused
+
+    out["hessarray fused loops (numba)"] = "on" if _fused.ENABLED else "off"
     return out
 
 
