@@ -563,8 +563,8 @@ class Row:
 @dataclass
 class Settings:
     repeats: int = 5  # rounds for calls under a second (3 for slower ones)
-    max_repeats: int = 7  # fast calls get more rounds, up to this
-    budget_s: float = 4.0  # timing time per system and case
+    max_repeats: int = 15  # fast calls get more rounds, up to this (one round's time spreads ±30 % here)
+    budget_s: float = 6.0  # timing time per system and case
     max_call_s: float = 2.0  # a call estimated slower than this is timed on fewer samples, scaled
     min_measure_s: float = 0.02  # faster calls are looped
     probe: int = 32  # samples of the first try of a system that is not compiled per shape
