@@ -78,6 +78,7 @@ def push_curvature(df: Any, d2f: Any, g: Any, t: Any) -> tuple[Any, Any]:
 
 
 def can_tanh_derivatives(f: Any) -> bool:
+    """Whether :func:`tanh_derivatives` applies: enabled, a C-contiguous NumPy float array."""
     return ENABLED and _plain(f)
 
 

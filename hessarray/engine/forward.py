@@ -7,7 +7,8 @@ it, the Hessian of output ``i`` with respect to the seed is
 
 (the notebook's ``I`` and ``O`` terms, unrolled). Each layer returns its term as factor triples
 ``(L, c, R)`` (``Σ_r L[i] c R[j]``), contracted by dot products for few directions and by one
-batched matrix product per triple for many; the diagonal and the trace need only ``L·R``.
+batched matrix product per triple for many; the diagonal and the trace need only ``L·R``. A
+layer may also return the term already contracted (:class:`~hessarray.layers.base.Contracted`).
 """
 
 from __future__ import annotations
@@ -133,10 +134,12 @@ def forward_mode(layers: list[Layer], x: Any, hessian: bool, part: str = "full")
             t_in = None
             t, factors = step.layer.push(step.cache, t, g)
         for factor in factors:
-            is_shared = t_in is not None and not isinstance(factor, Contracted) and factor[0] is t_in
-            if is_shared and factor[2] is t_in and shared is None:  # identity seeds
+            # (t_in, c, t_in) with the seeds shared by all samples: no per-sample products.
+            seeded = t_in is not None and not isinstance(factor, Contracted)
+            seeded = seeded and factor[0] is t_in and factor[2] is t_in
+            if seeded and shared is None:  # identity seeds
                 term = identity_part(xp, factor[1], inner_part)
-            elif is_shared and factor[2] is t_in and k <= batch * m:
+            elif seeded and k <= batch * m:
                 term = contract_shared(xp, seeds, factor[1], inner_part)
             else:
                 term = contract(xp, factor, inner_part)
