@@ -43,6 +43,7 @@ __all__ = [
     "symmetrize",
     "matmul_last",
     "is_array_api_obj",
+    "repeat_view",
 ]
 
 
@@ -125,6 +126,24 @@ def matmul_last(xp: Any, a: Any, w_t: Any) -> Any:
     return xp.reshape(out, (*lead, w_t.shape[-1]))
 
 
+def repeat_view(xp: Any, a: Any, axis: int, count: int) -> Any:
+    """``a`` repeated ``count`` times along a new axis ``axis``: a read-only view, no copy.
+
+    ``xp.broadcast_to`` of ``xp.expand_dims``; on NumPy, for a C-contiguous ``a``, the view
+    is made directly (stride 0 on the new axis), a third of ``numpy.broadcast_to``'s cost,
+    which shows on small blocks.
+    """
+    shape = list(a.shape)
+    shape.insert(axis, count)
+    if type(a) is numpy.ndarray and a.flags.c_contiguous:
+        strides = list(a.strides)
+        strides.insert(axis, 0)
+        view = numpy.ndarray(shape, a.dtype, buffer=a, strides=strides)
+        view.flags.writeable = False
+        return view
+    return xp.broadcast_to(xp.expand_dims(a, axis=axis), tuple(shape))
+
+
 def diag_embed(xp: Any, c: Any) -> Any:
     """``(..., n) -> (..., n, n)`` with ``c`` on the diagonal (no integer-array assignment)."""
     n = c.shape[-1]
@@ -148,15 +167,21 @@ def add_diagonal(xp: Any, a: Any, c: Any, *, owned: bool = False) -> Any:
     return a + diag_embed(xp, c)
 
 
-def symmetrize(xp: Any, h: Any) -> Any:
+def symmetrize(xp: Any, h: Any, *, owned: bool = False) -> Any:
     """``(h + hᵀ) / 2`` over the last two axes: exactly symmetric Hessians.
 
-    NumPy fast path: the transpose is copied to a contiguous array first (a cache-friendly
-    copy) and the rest done in place on that copy; adding a transposed view directly walks
-    one operand across rows (1.5× slower for ``(10, 1, 64, 64)`` here).
+    ``owned=True`` says that ``h`` is a temporary of the caller's that nobody else holds: on
+    NumPy it is then symmetrized in place by a fused loop (:mod:`hessarray._fused`), when
+    that applies. Otherwise, on NumPy, the transpose is copied to a contiguous array first
+    (a cache-friendly copy) and the rest done in place on that copy; adding a transposed
+    view directly walks one operand across rows (1.5× slower for ``(10, 1, 64, 64)`` here).
     """
     if xp is numpy:
-        out = numpy.ascontiguousarray(numpy.swapaxes(h, -1, -2))
+        from . import _fused  # a sibling module, imported where it is used
+
+        if owned and _fused.symmetrize(h):
+            return h
+        out = numpy.swapaxes(h, -1, -2).copy()  # always a copy (n = 1: the view is contiguous)
         out += h
         out *= 0.5
         return out

@@ -60,16 +60,17 @@ def _plain(*arrays: Any) -> bool:
     return True
 
 
-def can_push_curvature(df: Any, d2f: Any, g: Any, t: Any) -> bool:
-    """Whether :func:`push_curvature` applies: enabled, ``k ≤ MAX_K``, C-contiguous NumPy
-    operands. (Broadcast tangents, shared by all samples, are not: the engine contracts
-    them with one GEMM instead.)"""
-    return ENABLED and t.ndim == 3 and t.shape[0] <= MAX_K and g.ndim == 3 and _plain(df, d2f, g, t)
-
-
-def push_curvature(df: Any, d2f: Any, g: Any, t: Any) -> tuple[Any, Any]:
+def push_curvature(df: Any, d2f: Any, g: Any, t: Any) -> tuple[Any, Any] | None:
     """Tangents out ``φ'·t`` ``(k, B, n)`` and the curvature term ``(B, m, k, k)``,
-    ``Σ_r t[i, b, r] g[b, o, r] φ''[b, r] t[j, b, r]``, in one pass over the samples."""
+    ``Σ_r t[i, b, r] g[b, o, r] φ''[b, r] t[j, b, r]``, in one pass over the samples.
+
+    ``None`` where the loop does not apply: switched off, ``k > MAX_K``, or operands that
+    are not C-contiguous NumPy arrays of one float dtype (broadcast tangents, shared by all
+    samples, are not: the engine contracts them with one GEMM instead). The check is part
+    of the call: on small blocks a separate one would cost as much as the loop.
+    """
+    if not (ENABLED and t.ndim == 3 and t.shape[0] <= MAX_K and g.ndim == 3 and _plain(df, d2f, g, t)):
+        return None
     k, batch, _ = t.shape
     t_out = numpy.empty_like(t)
     term = numpy.empty((batch, g.shape[1], k, k), dtype=t.dtype)
@@ -77,17 +78,33 @@ def push_curvature(df: Any, d2f: Any, g: Any, t: Any) -> tuple[Any, Any]:
     return t_out, term
 
 
-def can_tanh_derivatives(f: Any) -> bool:
-    """Whether :func:`tanh_derivatives` applies: enabled, a C-contiguous NumPy float array."""
-    return ENABLED and _plain(f)
+def tanh_derivatives(f: Any) -> tuple[Any, Any] | None:
+    """``1 - f²`` and ``-2 f (1 - f²)`` from ``f = tanh z`` in one pass (four in NumPy).
 
-
-def tanh_derivatives(f: Any) -> tuple[Any, Any]:
-    """``1 - f²`` and ``-2 f (1 - f²)`` from ``f = tanh z`` in one pass (four in NumPy)."""
+    ``None`` where the loop does not apply (switched off, or ``f`` is not a C-contiguous
+    NumPy float array).
+    """
+    if not (ENABLED and _plain(f)):
+        return None
     df = numpy.empty_like(f)
     d2f = numpy.empty_like(f)
     _tanh_derivatives(f.reshape(-1), df.reshape(-1), d2f.reshape(-1))
     return df, d2f
+
+
+def symmetrize(h: Any) -> bool:
+    """``h ← (h + hᵀ) / 2`` over the last two axes, in place, for a C-contiguous NumPy float
+    array; ``False`` (nothing done) where the loop does not apply.
+
+    One pass over ``h``, half of it read across columns; NumPy needs a transposed copy and
+    two more passes (``(10, 1, 64, 64)``: 30 against 76 µs here; ``(1000, 1, 50, 50)``: 5.0
+    against 11.2 ms).
+    """
+    if not (ENABLED and h.ndim >= 2 and _plain(h) and h.flags.writeable):
+        return False
+    n = h.shape[-1]
+    _symmetrize(h.reshape(-1, n, n))
+    return True
 
 
 if numba is not None:
@@ -143,3 +160,13 @@ if numba is not None:
             dv = 1 - v * v
             df[r] = dv
             d2f[r] = -2 * v * dv
+
+    @_jit
+    def _symmetrize(h):  # pragma: no cover - compiled
+        half = h.dtype.type(0.5)
+        for b in range(h.shape[0]):
+            for i in range(h.shape[1]):
+                for j in range(i + 1, h.shape[2]):
+                    v = half * (h[b, i, j] + h[b, j, i])
+                    h[b, i, j] = v
+                    h[b, j, i] = v

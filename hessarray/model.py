@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import numpy
+
 from ._backend import check_inputs, device, is_array_api_obj
 from .layers.base import Array, Layer, forward_chain
 
@@ -41,6 +43,8 @@ class Sequential:
             if layer.scalar_output and i != len(layers) - 1:
                 raise ValueError(f"layer {i} ({layer!r}) reduces each sample to a number; it must be last")
         self.layers: list[Layer] = list(layers)
+        # Only layers holding per-sample data (targets) check the batch size.
+        self._batch_checked = [l for l in self.layers if type(l).check_batch is not Layer.check_batch]
         self._checked: dict = {}  # (type, device) of inputs already checked -> namespace
         self._widths_seen: dict[int, int] = {}
         start = next((i for i, l in enumerate(self.layers) if l.in_width is not None), None)
@@ -109,7 +113,8 @@ class Sequential:
     def prepare(self, x: Any) -> tuple[Any, Array, bool]:
         """Check ``x`` against the model; return ``(xp, x as (B, d), whether x was 1-D)``."""
         # The model's arrays never change, so one check per input type and device is enough.
-        key = (type(x), str(device(x)) if is_array_api_obj(x) else None)
+        kind = type(x)
+        key = (kind, "cpu") if kind is numpy.ndarray else (kind, str(device(x)) if is_array_api_obj(x) else None)
         xp = self._checked.get(key)
         if xp is None:
             xp = check_inputs(x, self.arrays())
@@ -121,7 +126,7 @@ class Sequential:
         single = x.ndim == 1
         x2 = x[None, :] if single else x
         self.output_width(x2.shape[1])
-        for layer in self.layers:
+        for layer in self._batch_checked:
             layer.check_batch(x2.shape[0])
         return xp, x2, single
 

@@ -213,3 +213,27 @@ def test_without_numba_the_portable_path_runs():
     rng = np.random.default_rng(0)
     m = ha.Sequential(ha.Dense(rng.standard_normal((6, 3))), ha.Tanh(), ha.Dense(rng.standard_normal((1, 6))), ha.Sum())
     np.testing.assert_allclose(ha.hessian(m, rng.standard_normal((5, 3))), plain, rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", [(3, 1, 5, 5), (4, 2, 64, 64), (2, 1, 1)])
+def test_symmetrize_in_place_matches_portable(portable, dtype, shape):
+    from hessarray._backend import symmetrize
+
+    h = np.random.default_rng(1).standard_normal(shape).astype(dtype)
+    with portable():
+        expected = symmetrize(np, h.copy(), owned=True)
+    mine = h.copy()
+    got = symmetrize(np, mine, owned=True)
+    assert got is mine, "an owned temporary is symmetrized in place"
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(got, np.swapaxes(got, -1, -2))
+    kept = h.copy()
+    other = symmetrize(np, kept)  # not owned: the caller's array is left alone
+    np.testing.assert_array_equal(kept, h)
+    np.testing.assert_array_equal(other, expected)
+    frozen = h.copy()
+    frozen.flags.writeable = False  # read-only or strided: the portable path, a new array
+    assert not np.shares_memory(symmetrize(np, frozen, owned=True), frozen)
+    strided = np.swapaxes(h.copy(), -1, -2)
+    np.testing.assert_array_equal(symmetrize(np, strided, owned=True), expected)

@@ -17,14 +17,13 @@ from typing import Any
 
 import numpy
 
-from .._backend import array_namespace, device, diag_embed, matmul_last, symmetrize
+from .._backend import array_namespace, device, diag_embed, matmul_last, repeat_view, symmetrize
 from ..layers.base import Contracted, Layer, adjoints, forward_chain
 
 
 def identity_seed(xp: Any, batch: int, n: int, like: Any) -> Any:
     """``(batch, n, n)`` identity per sample, as a broadcast view (no copy): adjoint seeds."""
-    eye = xp.eye(n, dtype=like.dtype, device=device(like))
-    return xp.broadcast_to(eye[None, ...], (batch, n, n))
+    return repeat_view(xp, xp.eye(n, dtype=like.dtype, device=device(like)), 0, batch)
 
 
 #: Up to this many directions the ``k²`` entries of a factor triple are dot products taken
@@ -128,7 +127,7 @@ def forward_mode(layers: list[Layer], x: Any, hessian: bool, part: str = "full")
             else:
                 seeds = numpy.ascontiguousarray(shared) if xp is numpy else shared  # NumPy: rows read often
             k = seeds.shape[0]
-            t_in = xp.broadcast_to(seeds[:, None, :], (k, batch, n))
+            t_in = repeat_view(xp, seeds, 1, batch)
             t, factors = step.layer.push(step.cache, t_in, g)
         else:
             t_in = None
@@ -143,6 +142,8 @@ def forward_mode(layers: list[Layer], x: Any, hessian: bool, part: str = "full")
                 term = contract_shared(xp, seeds, factor[1], inner_part)
             else:
                 term = contract(xp, factor, inner_part)
+            # ``owned``: h is a temporary of this function (a layer's own term may be kept).
+            owned = h is not None or not isinstance(factor, Contracted)
             h = term if h is None else h + term
     if t is None:  # only layers with constant Jacobians
         if shared is None:
@@ -158,10 +159,10 @@ def forward_mode(layers: list[Layer], x: Any, hessian: bool, part: str = "full")
     if h is None:
         return y, jac, xp.zeros(shape, dtype=x.dtype, device=device(x))
     if outer is not None:
-        h = map_back(xp, h, outer, part)
+        h, owned = map_back(xp, h, outer, part), True
     if part != "full":
         return y, jac, h
-    return y, jac, symmetrize(xp, h)
+    return y, jac, symmetrize(xp, h, owned=owned)
 
 
 def identity_part(xp: Any, c: Any, part: str) -> Any:
@@ -179,6 +180,8 @@ def map_back(xp: Any, h: Any, outer: Any, part: str) -> Any:
     coordinates and ``S`` ``(d, n)``: two matrix products over all samples for the full
     Hessian, one for the diagonal, and one ``(n, n)`` product for the trace."""
     s_t = xp.permute_dims(outer, (1, 0))
+    if xp is numpy:  # OpenBLAS multiplies small matrices faster by a contiguous operand
+        s_t = numpy.ascontiguousarray(s_t)
     if part == "trace":  # tr(S H Sᵀ) = Σ H ⊙ SᵀS (SᵀS is symmetric)
         return xp.sum(h * xp.matmul(s_t, outer), axis=(-2, -1))
     a = matmul_last(xp, h, s_t)  # (B, m, n, d): H Sᵀ

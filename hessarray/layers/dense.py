@@ -72,30 +72,39 @@ class Dense(Layer):
 
     # -- first order ----------------------------------------------------------------------
     def forward(self, x: Array) -> tuple[Array, Any]:
+        w = self.weight
+        if type(x) is numpy.ndarray and type(w) is numpy.ndarray and w.dtype == x.dtype:
+            # NumPy fast path (small blocks are call-bound): the bias is added in place into
+            # the fresh product.
+            # A small Wᵀ is copied once per call: OpenBLAS multiplies by a contiguous one
+            # faster (160×16 @ 16×16: 6.6 against 10.4 µs here; no difference at 64×64).
+            w_t = numpy.ascontiguousarray(w.T) if w.size <= 1024 else w.T
+            y = x @ w_t
+            if self._b is not None:
+                y += self._b if self._b.dtype == y.dtype else self._b.astype(y.dtype)
+            return y, (x, w, w_t)
         xp = array_namespace(x)
-        w = cast_like(xp, self.weight, x)
+        w = cast_like(xp, w, x)
         y = xp.matmul(x, w.T)
         if self._b is not None:
             y = y + cast_like(xp, self._b, x)
-        return y, (x, w)
+        return y, (x, w, w.T)
 
     def push(self, cache: Any, t: Array, g: Array | None = None) -> tuple[Array, list]:
-        _, w = cache
-        return matmul_last(array_namespace(t), t, w.T), []
+        return matmul_last(array_namespace(t), t, cache[2]), []
 
     def constant_jacobian(self, cache: Any) -> Array:
-        _, w = cache
-        return w.T
+        return cache[2]
 
     def pull(self, cache: Any, g: Array) -> Array:
-        _, w = cache
+        w = cache[1]
         return matmul_last(array_namespace(g), g, w)
 
     # -- second order ---------------------------------------------------------------------
     def pull_hessian(self, cache: Any, g: Array, h: Array | None) -> Array | None:
         if h is None:
             return None
-        _, w = cache
+        w = cache[1]
         xp = array_namespace(h)
         # Wᵀ h W as two GEMMs over all samples: a = h W, then aᵀ W (= Wᵀ h W, h symmetric).
         a = matmul_last(xp, h, w)
@@ -115,7 +124,7 @@ class Dense(Layer):
         return vw, vb
 
     def push_params(self, cache: Any, t: Array, v: dict[str, Array]) -> Array:
-        x, w = cache
+        x, w = cache[0], cache[1]
         xp = array_namespace(t)
         out = matmul_last(xp, t, w.T)
         vw, vb = self._directions(xp, v, x)
@@ -132,7 +141,7 @@ class Dense(Layer):
         # y = W x + b is bilinear in (W, x): Σ_j g_j ∂²y_j/∂x∂W · V = g V.
         if g is None or "weight" not in v:
             return None
-        x, _ = cache
+        x = cache[0]
         xp = array_namespace(g)
         vw, _ = self._directions(xp, v, x)
         k, o, i = vw.shape
@@ -141,7 +150,7 @@ class Dense(Layer):
         return xp.reshape(gv, (B, m, k, i))
 
     def param_second(self, cache: Any, g: Array | None, gd: Array, t: Array, v: dict[str, Array]) -> dict[str, Array]:
-        x, _ = cache
+        x = cache[0]
         xp = array_namespace(t)
         k, B, i = t.shape
         o = self.weight.shape[0]
@@ -172,7 +181,7 @@ class Dense(Layer):
         return self, cache, name, y, []
 
     def param_gradient(self, cache: Any, name: str, g: Array, per_sample: bool) -> Array:
-        x, _ = cache
+        x = cache[0]
         xp = array_namespace(g)
         B, m, o = g.shape
         if name == "bias":
@@ -185,7 +194,7 @@ class Dense(Layer):
         return xp.matmul(xp.sum(g, axis=1).T, x)
 
     def param_hessian(self, cache: Any, name: str, h: Array, per_sample: bool, other: str | None = None) -> Array:
-        x, _ = cache
+        x = cache[0]
         xp = array_namespace(h)
         other = name if other is None else other
         if name == "bias" and other == "weight":

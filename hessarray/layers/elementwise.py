@@ -29,9 +29,10 @@ class Activation(Layer):
 
     def push(self, cache: Any, t: Array, g: Array | None = None) -> tuple[Array, list]:
         df, d2f = cache
-        if g is not None and self.has_curvature and _fused.can_push_curvature(df, d2f, g, t):
-            t_out, term = _fused.push_curvature(df, d2f, g, t)  # NumPy fast path, few directions
-            return t_out, [Contracted(term)]
+        if g is not None and self.has_curvature:
+            fused = _fused.push_curvature(df, d2f, g, t)  # NumPy fast path, few directions
+            if fused is not None:
+                return fused[0], [Contracted(fused[1])]
         t_out = df * t  # (B, n) against (k, B, n): one flat pass per direction
         if g is None or not self.has_curvature:
             return t_out, []
@@ -68,8 +69,9 @@ class Tanh(Activation):
 
     def derivatives(self, xp, z):
         f = xp.tanh(z)
-        if _fused.can_tanh_derivatives(f):  # NumPy fast path: one pass instead of four
-            return (f, *_fused.tanh_derivatives(f))
+        fused = _fused.tanh_derivatives(f)  # NumPy fast path: one pass instead of four
+        if fused is not None:
+            return f, fused[0], fused[1]
         df = 1.0 - f * f
         return f, df, -2.0 * f * df
 
