@@ -5,8 +5,10 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import pytest
 
 import hessarray as ha
+from hessarray.engine.plan import MIN_SPLIT, balanced_chunk
 
 
 def recording_model(names: list[str]) -> ha.Sequential:
@@ -48,3 +50,35 @@ def test_calls_from_a_model_function_stay_serial(monkeypatch):
     outer = ha.Sequential(ha.Elementwise(f, lambda z: 1.0 + 0.0 * z, lambda z: 0.0 * z), ha.Square(), ha.Sum())
     ha.hessian(outer, np.ones((4, 2)), chunk_size=1)
     assert inner_names and all(name.startswith("hessarray") for name in inner_names)
+
+
+@pytest.mark.parametrize("batch", [1, 10, 63, 64, 129, 1000, 2000, 10_000, 10_001])
+@pytest.mark.parametrize("chunk", [16, 100, 1024, 2048, 4096])
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_balanced_chunk_splits_evenly_over_the_threads(batch, chunk, workers):
+    size = balanced_chunk(batch, chunk, workers)
+    blocks = [min(size, batch - start) for start in range(0, batch, size)]
+    assert 1 <= size <= max(chunk, -(-batch // workers))
+    if batch > chunk:
+        assert len(blocks) > 1, "a batch larger than the block size is split"
+    elif workers > 1 and batch >= MIN_SPLIT * workers:
+        assert len(blocks) == workers, "a batch that fits in one block still uses every thread"
+    if len(blocks) == 1:  # too few samples to be worth a second thread
+        assert batch <= chunk and batch < MIN_SPLIT * workers or workers == 1
+        return
+    # Blocks handed out in turn: no thread gets half a block (or 5 %) more than another.
+    loads = [sum(blocks[i::workers]) for i in range(workers)]
+    assert max(loads) - min(loads) <= max(size // 2 + 1, 0.05 * batch / workers), (size, loads)
+
+
+def test_plan_is_remembered_and_follows_the_thread_setting(monkeypatch):
+    model = ha.Sequential(ha.Dense(np.ones((8, 3))), ha.Tanh(), ha.Dense(np.ones((1, 8))), ha.Sum())
+    x = np.ones((5000, 3))
+    monkeypatch.setenv("HESSARRAY_THREADS", "2")
+    first = ha.plan(model, x)
+    assert ha.plan(model, x) is first, "the same call is planned once"
+    assert first.workers == 2 and (-(-5000 // first.chunk_size)) % 2 == 0
+    monkeypatch.setenv("HESSARRAY_THREADS", "1")
+    assert ha.plan(model, x).workers == 1
+    assert ha.plan(model, x.astype(np.float32)) is not first  # another dtype, another plan
+    assert ha.plan(model, x, mode="reverse").mode == "reverse"
