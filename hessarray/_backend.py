@@ -172,15 +172,18 @@ def symmetrize(xp: Any, h: Any, *, owned: bool = False) -> Any:
 
     ``owned=True`` says that ``h`` is a temporary of the caller's that nobody else holds: on
     NumPy it is then symmetrized in place by a fused loop (:mod:`hessarray._fused`), when
-    that applies. Otherwise, on NumPy, the transpose is copied to a contiguous array first
-    (a cache-friendly copy) and the rest done in place on that copy; adding a transposed
-    view directly walks one operand across rows (1.5× slower for ``(10, 1, 64, 64)`` here).
+    that applies; otherwise the loop runs on a copy. Without the loop, on NumPy, the
+    transpose is copied to a contiguous array first (a cache-friendly copy) and the rest done
+    in place on that copy; adding a transposed view directly walks one operand across rows
+    (1.5× slower for ``(10, 1, 64, 64)`` here).
     """
     if xp is numpy:
         from . import _fused  # a sibling module, imported where it is used
 
         if owned and _fused.symmetrize(h):
             return h
+        if _fused.symmetrize(copy := h.copy()):  # a contiguous copy, then the same loop
+            return copy
         out = numpy.swapaxes(h, -1, -2).copy()  # always a copy (n = 1: the view is contiguous)
         out += h
         out *= 0.5

@@ -233,7 +233,9 @@ def test_symmetrize_in_place_matches_portable(portable, dtype, shape):
     np.testing.assert_array_equal(kept, h)
     np.testing.assert_array_equal(other, expected)
     frozen = h.copy()
-    frozen.flags.writeable = False  # read-only or strided: the portable path, a new array
-    assert not np.shares_memory(symmetrize(np, frozen, owned=True), frozen)
+    frozen.flags.writeable = False  # read-only or strided: a new array
+    got = symmetrize(np, frozen, owned=True)
+    assert not np.shares_memory(got, frozen)
+    np.testing.assert_array_equal(got, expected)
     strided = np.swapaxes(h.copy(), -1, -2)
     np.testing.assert_array_equal(symmetrize(np, strided, owned=True), expected)
