@@ -72,8 +72,8 @@ def push_curvature(df: Any, d2f: Any, g: Any, t: Any) -> tuple[Any, Any] | None:
     if not (ENABLED and t.ndim == 3 and t.shape[0] <= MAX_K and g.ndim == 3 and _plain(df, d2f, g, t)):
         return None
     k, batch, _ = t.shape
-    t_out = numpy.empty_like(t)
-    term = numpy.empty((batch, g.shape[1], k, k), dtype=t.dtype)
+    t_out = numpy.empty(t.shape, t.dtype)
+    term = numpy.empty((batch, g.shape[1], k, k), t.dtype)
     _push_curvature(df, d2f, g, t, t_out, term)
     return t_out, term
 
@@ -86,9 +86,12 @@ def tanh_derivatives(f: Any) -> tuple[Any, Any] | None:
     """
     if not (ENABLED and _plain(f)):
         return None
-    df = numpy.empty_like(f)
-    d2f = numpy.empty_like(f)
-    _tanh_derivatives(f.reshape(-1), df.reshape(-1), d2f.reshape(-1))
+    df = numpy.empty(f.shape, f.dtype)
+    d2f = numpy.empty(f.shape, f.dtype)
+    if f.ndim == 2:  # activations are (B, n): no flattening views
+        _tanh_derivatives_2d(f, df, d2f)
+    else:
+        _tanh_derivatives(f.reshape(-1), df.reshape(-1), d2f.reshape(-1))
     return df, d2f
 
 
@@ -160,6 +163,15 @@ if numba is not None:
             dv = 1 - v * v
             df[r] = dv
             d2f[r] = -2 * v * dv
+
+    @_jit
+    def _tanh_derivatives_2d(f, df, d2f):  # pragma: no cover - compiled
+        for b in range(f.shape[0]):
+            for r in range(f.shape[1]):
+                v = f[b, r]
+                dv = 1 - v * v
+                df[b, r] = dv
+                d2f[b, r] = -2 * v * dv
 
     @_jit
     def _symmetrize(h):  # pragma: no cover - compiled

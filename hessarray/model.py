@@ -114,12 +114,15 @@ class Sequential:
         """Check ``x`` against the model; return ``(xp, x as (B, d), whether x was 1-D)``."""
         # The model's arrays never change, so one check per input type and device is enough.
         kind = type(x)
-        key = (kind, "cpu") if kind is numpy.ndarray else (kind, str(device(x)) if is_array_api_obj(x) else None)
+        if kind is numpy.ndarray:  # the dtype is part of the key: no dtype check per call
+            key = (kind, "cpu", x.dtype)
+        else:
+            key = (kind, str(device(x)) if is_array_api_obj(x) else None)
         xp = self._checked.get(key)
         if xp is None:
             xp = check_inputs(x, self.arrays())
             self._checked[key] = xp
-        elif not xp.isdtype(x.dtype, "real floating"):
+        elif kind is not numpy.ndarray and not xp.isdtype(x.dtype, "real floating"):
             check_inputs(x, [])  # raises the dtype error
         if x.ndim not in (1, 2):
             raise ValueError(f"x must have shape (batch, d) or (d,), got shape {tuple(x.shape)}")
