@@ -25,4 +25,5 @@ def reverse_mode(layers: list[Layer], x: Any, hessian: bool) -> tuple[Any, Any, 
     jac, h = pull_hessian_chain(steps, g, None)
     if h is None:
         return y, jac, xp.zeros((batch, m, d, d), dtype=x.dtype, device=device(x))
-    return y, jac, symmetrize(xp, h)
+    # The layers' pull_hessian results are new arrays (from h = None up): symmetrized in place.
+    return y, jac, symmetrize(xp, h, owned=True)

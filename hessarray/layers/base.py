@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from .. import _fused
 from .._backend import array_namespace, device, matmul_last
 
 Array = Any
@@ -190,10 +189,7 @@ class Layer:
         Reverse mode: value, ``m`` adjoints and the ``m`` Hessian pulls.
         """
         n = self.out_width(n_in)
-        # The curvature term has k(k+1)/2 distinct entries; the fused loop (k ≤ MAX_K, NumPy)
-        # computes only those, the per-sample products beyond it all k².
-        pairs = k * (k + 1) // 2 if k <= _fused.MAX_K else k * k
-        curv = m * pairs * n if self.has_curvature else 0
+        curv = m * k * k * n if self.has_curvature else 0
         return ((1 + k + m) * n + curv, (1 + m) * n + m * n * n)
 
     # -- data ---------------------------------------------------------------------------------
