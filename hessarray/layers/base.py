@@ -140,7 +140,8 @@ class Layer:
 
         ``g`` are the adjoints at the layer output (``None``: leave out the curvature term,
         as the Gauss-Newton matrix does). ``h`` may be ``None`` (zero); the result may be
-        ``None`` only if it is zero.
+        ``None`` only if it is zero. It must be a new array or ``h`` itself, never one the
+        layer keeps: the reverse mode symmetrizes the final Hessian in place on NumPy.
         """
         raise NotImplementedError
 
