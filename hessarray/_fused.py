@@ -88,10 +88,10 @@ def tanh_derivatives(f: Any) -> tuple[Any, Any] | None:
         return None
     df = numpy.empty(f.shape, f.dtype)
     d2f = numpy.empty(f.shape, f.dtype)
-    if f.ndim == 2:  # activations are (B, n): no flattening views
-        _tanh_derivatives_2d(f, df, d2f)
-    else:
-        _tanh_derivatives(f.reshape(-1), df.reshape(-1), d2f.reshape(-1))
+    if f.ndim == 2:  # activations are (B, n): no reshaped views
+        _tanh_derivatives(f, df, d2f)
+    else:  # anything else as one row
+        _tanh_derivatives(f.reshape(1, -1), df.reshape(1, -1), d2f.reshape(1, -1))
     return df, d2f
 
 
@@ -158,14 +158,6 @@ if numba is not None:
 
     @_jit
     def _tanh_derivatives(f, df, d2f):  # pragma: no cover - compiled
-        for r in range(f.shape[0]):
-            v = f[r]
-            dv = 1 - v * v
-            df[r] = dv
-            d2f[r] = -2 * v * dv
-
-    @_jit
-    def _tanh_derivatives_2d(f, df, d2f):  # pragma: no cover - compiled
         for b in range(f.shape[0]):
             for r in range(f.shape[1]):
                 v = f[b, r]

@@ -106,7 +106,7 @@ def test_tanh_derivatives_match_portable(portable):
     np.testing.assert_allclose(d2f, d2f_p, rtol=0, atol=4e-16)
     z32 = z.astype(np.float32)
     assert all(a.dtype == np.float32 for a in ha.Tanh().derivatives(np, z32))
-    for shape in [(600,), (3, 4, 50)]:  # the flat loop, for arrays that are not (B, n)
+    for shape in [(600,), (3, 4, 50)]:  # arrays that are not (B, n): as one row
         got = _fused.tanh_derivatives(np.tanh(z).reshape(shape))
         np.testing.assert_array_equal(got[0].reshape(df.shape), df)
         np.testing.assert_array_equal(got[1].reshape(d2f.shape), d2f)

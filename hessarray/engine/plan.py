@@ -59,24 +59,31 @@ def check_mode(mode: str) -> None:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
 
+def remembered(cache: dict, layers: list[Layer], key: tuple, compute: Any) -> Any:
+    """``compute()``, remembered in ``cache`` per chain of layers and ``key``.
+
+    Layers are immutable, and the cache holds them through weak references, so it keeps no
+    model alive and a new layer that reuses a freed one's ``id`` is not mistaken for it.
+    """
+    full = (tuple(map(id, layers)), *key)
+    hit = cache.get(full)
+    if hit is not None and all(r() is layer for r, layer in zip(hit[0], layers)):
+        return hit[1]
+    result = compute()
+    if len(cache) > 256:
+        cache.clear()
+    cache[full] = (tuple(weakref.ref(layer) for layer in layers), result)
+    return result
+
+
 _ESTIMATES: dict[tuple, tuple] = {}
+_PLANS: dict[tuple, tuple] = {}
 
 
 def estimate(layers: list[Layer], d: int, hessian: bool) -> tuple[dict[str, float], int, int]:
-    """Per-sample multiply-adds of each mode, the output width ``m`` and the widest layer.
-
-    Remembered per chain of layers (layers are immutable; a plan is made on every call),
-    through weak references so that the cache keeps no model alive.
-    """
-    key = (tuple(map(id, layers)), d, hessian)
-    hit = _ESTIMATES.get(key)
-    if hit is not None and all(r() is layer for r, layer in zip(hit[0], layers)):
-        return hit[1]
-    result = _estimate(layers, d, hessian)
-    if len(_ESTIMATES) > 256:
-        _ESTIMATES.clear()
-    _ESTIMATES[key] = (tuple(weakref.ref(layer) for layer in layers), result)
-    return result
+    """Per-sample multiply-adds of each mode, the output width ``m`` and the widest layer
+    (remembered per chain: a plan is made on every call)."""
+    return remembered(_ESTIMATES, layers, (d, hessian), lambda: _estimate(layers, d, hessian))
 
 
 def _estimate(layers: list[Layer], d: int, hessian: bool) -> tuple[dict[str, float], int, int]:
@@ -119,24 +126,12 @@ def make_plan(
     the backend, device and dtype.
     """
     check_mode(mode)
-    # NumPy calls on small batches are call-bound: the plan is remembered per chain, shape,
-    # dtype and settings (it depends on nothing else there).
-    key = None
     if type(x) is numpy.ndarray:
-        threads = os.environ.get("HESSARRAY_THREADS")
-        key = (tuple(map(id, layers)), batch, d, x.dtype, mode, chunk_size, hessian, threads)
-        hit = _PLANS.get(key)
-        if hit is not None and all(r() is layer for r, layer in zip(hit[0], layers)):
-            return hit[1]
-    plan = _make_plan(layers, batch, d, x, xp, mode, chunk_size, hessian)
-    if key is not None:
-        if len(_PLANS) > 256:
-            _PLANS.clear()
-        _PLANS[key] = (tuple(weakref.ref(layer) for layer in layers), plan)
-    return plan
-
-
-_PLANS: dict[tuple, tuple] = {}
+        # NumPy calls on small batches are call-bound: the plan is remembered per chain,
+        # shape, dtype and settings (it depends on nothing else there).
+        key = (batch, d, x.dtype, mode, chunk_size, hessian, os.environ.get("HESSARRAY_THREADS"))
+        return remembered(_PLANS, layers, key, lambda: _make_plan(layers, batch, d, x, xp, mode, chunk_size, hessian))
+    return _make_plan(layers, batch, d, x, xp, mode, chunk_size, hessian)
 
 
 def _make_plan(
