@@ -160,6 +160,9 @@ def _model(d, m):
         ha.Dense(rng.standard_normal((w, d)) / np.sqrt(d), rng.standard_normal(w)),
         ha.Tanh(),
         ha.Residual(ha.Dense(rng.standard_normal((w, w)) / np.sqrt(w)), ha.Sigmoid(), h=0.5),
+        # hessQuik's block, with and without a bias: the fused residual loops
+        ha.Residual(ha.Dense(rng.standard_normal((w, w)) / np.sqrt(w), rng.standard_normal(w)), ha.Tanh(), h=0.7),
+        ha.Residual(ha.Dense(rng.standard_normal((w, w)) / np.sqrt(w)), ha.Tanh(), h=0.5),
         ha.Dense(rng.standard_normal((w, w)) / np.sqrt(w), rng.standard_normal(w)),
         ha.SiLU(),
         ha.Dense(rng.standard_normal((m, w)) / np.sqrt(w)),
@@ -175,6 +178,7 @@ def test_models_agree_with_and_without_the_kernels(portable, d, m, dtype):
     v = np.random.default_rng(6).standard_normal((37, d)).astype(dtype)
     calls = {
         "derivatives": lambda: tuple(ha.derivatives(model, x, mode="forward", chunk_size=16)),
+        "reverse": lambda: tuple(ha.derivatives(model, x, mode="reverse", chunk_size=16)),
         "diagonal": lambda: (ha.hessian_diagonal(model, x),),
         "laplacian": lambda: (ha.laplacian(model, x),),
         "hvp": lambda: (ha.hvp(model, x, v),),
@@ -186,6 +190,78 @@ def test_models_agree_with_and_without_the_kernels(portable, d, m, dtype):
         for a, b in zip(fused, plain):
             assert a.dtype == dtype, name
             np.testing.assert_allclose(a, b, rtol=TOL[dtype] * 100, atol=TOL[dtype] * 100 * np.max(np.abs(b)))
+
+
+def _tanh_block(dtype, n, bias=True, h=0.7, seed=0):
+    rng = np.random.default_rng(seed)
+    b = rng.standard_normal(n).astype(dtype) if bias else None
+    return ha.Residual(ha.Dense((rng.standard_normal((n, n)) / np.sqrt(n)).astype(dtype), b), ha.Tanh(), h=h)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("k,m", [(1, 1), (3, 1), (2, 3), (_fused.MAX_K, 1)])
+def test_residual_tanh_block_matches_portable(portable, k, m, bias, dtype):
+    """Each pass of ``x + h tanh(W x + b)`` (value, adjoints, tangents with curvature) as one
+    fused loop against the layers' own portable passes."""
+    n, batch = 5, 7
+    block = _tanh_block(dtype, n, bias)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((batch, n)).astype(dtype)
+    g = rng.standard_normal((batch, m, n)).astype(dtype)
+    t = rng.standard_normal((k, batch, n)).astype(dtype)
+    dense = block.layers[0]
+    assert _fused.residual_tanh_forward(x, dense.weight, dense._b, block.h) is not None, "the loops apply"
+    results = []
+    for off in (False, True):
+        if off:
+            ctx = portable()
+            ctx.__enter__()
+        y, cache = block.forward(x)
+        pulled = block.pull(cache, g)
+        t_out, factors = block.push(cache, t, g)
+        results.append((y, pulled, t_out, _terms(factors, "full"), cache))
+        if off:
+            ctx.__exit__(None, None, None)
+    (y, pulled, t_out, term, cache), (y_p, pulled_p, t_out_p, term_p, cache_p) = results
+    tol = dict(rtol=TOL[dtype], atol=TOL[dtype])
+    np.testing.assert_allclose(y, y_p, **tol)
+    np.testing.assert_allclose(pulled, pulled_p, **tol)
+    np.testing.assert_allclose(t_out, t_out_p, **tol)
+    np.testing.assert_allclose(term, term_p, **tol)
+    np.testing.assert_array_equal(term, np.swapaxes(term, -1, -2))
+    for step, step_p in zip(cache[1], cache_p[1]):  # what the other passes read: z, f, φ', φ''
+        np.testing.assert_allclose(step.y, step_p.y, **tol)
+    for a, b in zip(cache[1][1].cache, cache_p[1][1].cache):
+        np.testing.assert_allclose(a, b, **tol)
+    assert all(a.dtype == dtype for a in (y, pulled, t_out, term))
+
+
+def test_residual_tanh_block_falls_back_where_it_does_not_apply(portable):
+    n = 8
+    block = _tanh_block(np.float64, n)
+    w, b = block.layers[0].weight, block.layers[0]._b
+    big = np.zeros((_fused.RESIDUAL_WORK // n**2 + 1, n))
+    assert _fused.residual_tanh_forward(big, w, b, 0.5) is None, "big blocks: BLAS and NumPy's tanh"
+    assert _fused.residual_tanh_forward(big[:4], w, b, 0.5) is not None
+    assert _fused.residual_tanh_forward(big[:4].astype(np.float32), w, b, 0.5) is None, "mixed dtypes"
+    assert _fused.residual_tanh_forward(np.zeros((4, 2 * n))[:, ::2], w, b, 0.5) is None, "strided x"
+    x = np.random.default_rng(0).standard_normal((4, n))
+    g = np.ones((4, 1, n))
+    _, cache = block.forward(x)
+    df, d2f = cache[1][1].cache
+    t = np.ones((_fused.MAX_K + 1, 4, n))
+    assert _fused.residual_tanh_push(t, w, df, d2f, g, 0.5) is None, "too many directions"
+    assert _fused.residual_tanh_push(np.broadcast_to(t[:2, :1], (2, 4, n)), w, df, d2f, g, 0.5) is None
+    assert _fused.residual_tanh_pull(np.ones((_fused.RESIDUAL_WORK // n**2 + 1, 1, n)), w, df, 0.5) is None
+    # Big and mixed blocks still give the layers' results (through the portable passes).
+    xb = np.random.default_rng(1).standard_normal(big.shape)
+    y, _ = block.forward(xb)
+    with portable():
+        y_p, _ = block.forward(xb)
+    np.testing.assert_array_equal(y, y_p)
+    with portable():
+        assert _fused.residual_tanh_forward(x, w, b, 0.5) is None, "switched off"
 
 
 @pytest.mark.parametrize("value,expected", [("0", False), ("off", False), ("1", True), ("", True)])
