@@ -41,6 +41,7 @@ __all__ = [
     "describe",
     "device",
     "diag_embed",
+    "identity",
     "add_diagonal",
     "symmetrize",
     "matmul_last",
@@ -146,11 +147,32 @@ def repeat_view(xp: Any, a: Any, axis: int, count: int) -> Any:
     return xp.broadcast_to(xp.expand_dims(a, axis=axis), tuple(shape))
 
 
+_IDENTITIES: dict[tuple[int, Any], Any] = {}
+
+
+def identity(xp: Any, n: int, like: Any) -> Any:
+    """The ``(n, n)`` identity in ``like``'s dtype, on its device, for reading only.
+
+    NumPy's are made once per size and dtype and kept, read-only (small blocks spend a
+    microsecond or two per ``eye`` otherwise, several times per call); other libraries make
+    a new one.
+    """
+    if xp is numpy:
+        key = (n, like.dtype)
+        eye = _IDENTITIES.get(key)
+        if eye is None:
+            if len(_IDENTITIES) > 256:  # many sizes seen: start over rather than grow
+                _IDENTITIES.clear()
+            eye = numpy.eye(n, dtype=like.dtype)
+            eye.flags.writeable = False
+            _IDENTITIES[key] = eye
+        return eye
+    return xp.eye(n, dtype=like.dtype, device=device(like))
+
+
 def diag_embed(xp: Any, c: Any) -> Any:
     """``(..., n) -> (..., n, n)`` with ``c`` on the diagonal (no integer-array assignment)."""
-    n = c.shape[-1]
-    eye = xp.eye(n, dtype=c.dtype, device=device(c))
-    return c[..., :, None] * eye
+    return c[..., :, None] * identity(xp, c.shape[-1], c)
 
 
 def add_diagonal(xp: Any, a: Any, c: Any, *, owned: bool = False) -> Any:

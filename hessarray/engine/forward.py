@@ -17,13 +17,13 @@ from typing import Any
 
 import numpy
 
-from .._backend import array_namespace, device, diag_embed, matmul_last, repeat_view, symmetrize
+from .._backend import array_namespace, device, diag_embed, identity, matmul_last, repeat_view, symmetrize
 from ..layers.base import Contracted, Layer, adjoints, forward_chain
 
 
 def identity_seed(xp: Any, batch: int, n: int, like: Any) -> Any:
     """``(batch, n, n)`` identity per sample, as a broadcast view (no copy): adjoint seeds."""
-    return repeat_view(xp, xp.eye(n, dtype=like.dtype, device=device(like)), 0, batch)
+    return repeat_view(xp, identity(xp, n, like), 0, batch)
 
 
 #: Up to this many directions the ``k²`` entries of a factor triple are dot products taken
@@ -61,7 +61,7 @@ def contracted_part(xp: Any, term: Any, part: str) -> Any:
     if part == "full":
         return term
     k = term.shape[-1]
-    diag = xp.sum(term * xp.eye(k, dtype=term.dtype, device=device(term)), axis=-1)
+    diag = xp.sum(term * identity(xp, k, term), axis=-1)
     return diag if part == "diag" else xp.sum(diag, axis=-1)
 
 
@@ -123,7 +123,7 @@ def forward_mode(layers: list[Layer], x: Any, hessian: bool, part: str = "full")
             if shared is not None and shared.shape[0] > n:
                 outer, shared, inner_part = shared, None, "full"  # seeds in the narrower space
             if shared is None:
-                seeds = xp.eye(n, dtype=x.dtype, device=device(x))
+                seeds = identity(xp, n, x)
             else:
                 seeds = numpy.ascontiguousarray(shared) if xp is numpy else shared  # NumPy: rows read often
             k = seeds.shape[0]

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from .._backend import array_namespace, device, matmul_last
+from .._backend import array_namespace, identity, matmul_last
 
 Array = Any
 
@@ -33,8 +33,7 @@ Array = Any
 def tangent_seed(xp: Any, batch: int, n: int, like: Array) -> Array:
     """The identity as tangents ``(n, B, n)``: direction ``i`` is ``e_i`` for every sample
     (a broadcast view, no copy)."""
-    eye = xp.eye(n, dtype=like.dtype, device=device(like))
-    return xp.broadcast_to(eye[:, None, :], (n, batch, n))
+    return xp.broadcast_to(identity(xp, n, like)[:, None, :], (n, batch, n))
 
 
 def sample_major(t: Array) -> Array:
