@@ -568,6 +568,12 @@ class Settings:
     max_call_s: float = 2.0  # a call estimated slower than this is timed on fewer samples, scaled
     min_measure_s: float = 0.02  # faster calls are looped
     probe: int = 32  # samples of the first try of a system that is not compiled per shape
+    # Each timed measurement under this long follows one untimed call of the same system: after
+    # another system (a long single-threaded one, or one whose pool sleeps), the cores and pools
+    # start cold, and the first call after them ran up to 1.2× slower in earlier runs (the row
+    # timed after hessQuik: PINN-like float64, auto 34.6 ms against forward 28.2 ms, the same
+    # algorithm). A pause instead made every system slower (25 → 43 ms).
+    warm_below_s: float = 0.5
 
 
 def pick_threads(built: Built, xin: Any) -> tuple[int | None, float]:
@@ -663,7 +669,7 @@ def compare(
             if n < batch:
                 row.note = (row.note + "; " if row.note else "") + f"timed on {n} samples, scaled"
             row.samples = n
-            live.append((row, built, xin, number))
+            live.append((row, built, xin, number, t * number < st.warm_below_s))
             log(
                 f"  {system.name}: checked and warmed up in {time.perf_counter() - t_ready:.1f} s "
                 f"(timing {row.repeats} rounds of {number} × ~{fmt_s(t)})"
@@ -680,9 +686,11 @@ def compare(
         # timed first up to 40 % in earlier runs (PINN-like: auto 82 ms, forward 58 ms, same
         # algorithm). Rotating spreads that over every system; medians drop it.
         shift = k % len(live)
-        for row, built, xin, number in live[shift:] + live[:shift]:
+        for row, built, xin, number, warm in live[shift:] + live[:shift]:
             if k < row.repeats:
                 THREADS.apply(built.knob, row.threads or 1)
+                if warm:  # untimed: wakes the cores and this system's pools after the previous one
+                    built.fn(xin)
                 row.times.append(timed(built.fn, xin, number) * batch / row.samples)
     for row, *_ in live:
         row.seconds = statistics.median(row.times)
@@ -1048,7 +1056,8 @@ def mode_grid(rep: Report, cfg: argparse.Namespace) -> None:
     rep.out(
         "Same MLP (depth 4), float64, NumPy, one thread (hessarray's block workers and BLAS: the "
         f"steadiest timings here). The batch is chosen so that an `auto` call takes about {target * 1e3:.0f} ms; "
-        f"medians of {rounds} interleaved rounds (2 for a mode slower than 0.3 s). *auto / best* = "
+        f"medians of {rounds} interleaved rounds (2 for a mode slower than 0.3 s), each timed call after an "
+        "untimed one of the same mode. *auto / best* = "
         "time(auto) / min(time(forward), time(reverse)), as measured; since `auto` runs exactly the mode it "
         "picks, its difference from that mode's own time is timing noise, so the verdict (target ≤ 1.10) "
         "uses *picked / best* = time(the mode auto picks) / min(time(forward), time(reverse)), which is 1 "
@@ -1078,6 +1087,8 @@ def mode_grid(rep: Report, cfg: argparse.Namespace) -> None:
                 gc.collect()
                 for m, f in fns.items():
                     if k < 2 or first[m] < 0.3:  # a clearly slower mode needs fewer rounds
+                        if first[m] < 0.3:  # untimed, as in the comparison (Settings.warm_below_s)
+                            f(x)
                         times[m].append(timed(f, x))
             med = {m: statistics.median(v) for m, v in times.items()}
             plan = ha.plan(model, x)
@@ -1350,7 +1361,8 @@ def main(argv: list[str] | None = None) -> int:
     rep.out(
         "How to read this: the machine is shared and noisy, so the ratios between systems measured in "
         "one run (round-robin, each round starting with the next system; medians) are the meaningful "
-        "numbers, absolute times much less. Every "
+        "numbers, absolute times much less. In each round a system's timed call follows one untimed call "
+        "of its own (for calls under 0.5 s): the previous system leaves the cores and thread pools cold. Every "
         "result is checked before it is timed: relative error (max |a-b| / max |b| over value, gradient "
         "and Hessian) ≤ 1e-10 against hessarray in float64, ≤ 1e-3 in float32 (against hessarray's "
         "float64 result); a system that fails is marked MISMATCH and not timed. Systems whose thread pools "
