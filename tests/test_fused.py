@@ -16,6 +16,7 @@ import pytest
 
 import hessarray as ha
 from hessarray import _fused
+from hessarray.engine import forward as forward_engine
 from hessarray.engine.forward import contract
 from hessarray.layers.base import Contracted
 
@@ -319,3 +320,21 @@ def test_symmetrize_in_place_matches_portable(portable, dtype, shape):
     np.testing.assert_array_equal(got, expected)
     strided = np.swapaxes(h.copy(), -1, -2)
     np.testing.assert_array_equal(symmetrize(np, strided, owned=True), expected)
+
+
+@pytest.mark.parametrize("k", [forward_engine.SPLIT_K, 50])
+def test_split_contraction_matches_one_product(k):
+    """NumPy float32, many directions: ``tᵀ diag(c) t`` as two products and a mirror."""
+    rng = np.random.default_rng(k)
+    t = rng.standard_normal((k, 9, 13)).astype(np.float32)
+    c = rng.standard_normal((9, 1, 13)).astype(np.float32)
+    got = contract(np, (t, c, t), "full")
+    want = np.einsum("ibr,bor,jbr->boij", t.astype(np.float64), c.astype(np.float64), t.astype(np.float64))
+    assert got.shape == (9, 1, k, k) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5 * np.max(np.abs(want)))
+    k1 = forward_engine.SPLIT_COLUMNS  # the block above the trailing one is its mirror
+    np.testing.assert_array_equal(got[..., :k1, k1:], np.swapaxes(got[..., k1:, :k1], -1, -2))
+    # Not for a non-symmetric triple, several outputs, or float64: the one-product path.
+    other = rng.standard_normal(t.shape).astype(np.float32)
+    want_lr = np.einsum("ibr,bor,jbr->boij", t, c, other)
+    np.testing.assert_allclose(contract(np, (t, c, other), "full"), want_lr, rtol=1e-4, atol=1e-3)
