@@ -122,7 +122,8 @@ def residual_tanh_forward(x: Any, w: Any, b: Any, h: float) -> tuple[Any, ...] |
     """``z = x Wᵀ + b``, ``f = tanh z``, ``φ' = 1 - f²``, ``φ'' = -2 f φ'`` and
     ``y = x + h f`` for a small block (``x`` ``(B, n)``, ``W`` ``(n, n)``, ``b`` ``(n,)`` or
     None): one loop for ``z``, NumPy's vectorized tanh (numba's scalar one is ~20× slower),
-    one loop for the rest.
+    one loop for the rest. Also returns ``Wᵀ`` as a C-contiguous copy, for the tangents'
+    product (OpenBLAS multiplies small matrices faster by a contiguous operand).
 
     ``None`` where the loops do not apply: switched off, the block too big
     (:data:`RESIDUAL_WORK`), or operands that are not C-contiguous NumPy arrays of one
@@ -137,7 +138,7 @@ def residual_tanh_forward(x: Any, w: Any, b: Any, h: float) -> tuple[Any, ...] |
     f = numpy.tanh(z)
     df, d2f, y = numpy.empty(x.shape, x.dtype), numpy.empty(x.shape, x.dtype), numpy.empty(x.shape, x.dtype)
     _tanh_residual(f, x, x.dtype.type(h), df, d2f, y)
-    return z, f, df, d2f, y
+    return z, f, df, d2f, y, numpy.ascontiguousarray(w.T)
 
 
 def residual_tanh_pull(g: Any, w: Any, df: Any, h: float) -> tuple[Any, Any, Any] | None:
@@ -153,19 +154,22 @@ def residual_tanh_pull(g: Any, w: Any, df: Any, h: float) -> tuple[Any, Any, Any
     return hg, gd, pulled
 
 
-def residual_tanh_push(t: Any, w: Any, df: Any, d2f: Any, g: Any, h: float) -> tuple[Any, Any] | None:
-    """Tangents out of a residual tanh block, ``t + h φ'·(W t)`` ``(k, B, n)``, and the
-    curvature term of its tanh, ``Σ_r s_i[r] g[o, r] φ''[r] s_j[r]`` with ``s = W t``
-    ``(B, m, k, k)``, for ``g`` ``(B, m, n)`` the adjoint at the tanh's output, in one pass.
-    ``None`` where the loop does not apply."""
+def residual_tanh_push(t: Any, w_t: Any, df: Any, d2f: Any, g: Any, h: float) -> tuple[Any, Any] | None:
+    """Tangents out of a residual tanh block, ``t + h φ'·s`` ``(k, B, n)`` with ``s = W t``,
+    and the curvature term of its tanh, ``Σ_r s_i[r] g[o, r] φ''[r] s_j[r]``
+    ``(B, m, k, k)``, for ``g`` ``(B, m, n)`` the adjoint at the tanh's output: ``s`` by one
+    BLAS product (``w_t`` is a C-contiguous ``Wᵀ``), the rest in one loop (k = 16, width 16,
+    batch 10: 10.3 against 13.5 µs with the product in the loop too). ``None`` where the
+    loop does not apply."""
     if not (ENABLED and t.ndim == 3 and g.ndim == 3 and t.shape[0] <= MAX_K):
         return None
     k, batch, n = t.shape
-    if batch * (k + g.shape[1]) * n * n > RESIDUAL_WORK or not _plain(t, w, df, d2f, g):
+    if batch * (k + g.shape[1]) * n * n > RESIDUAL_WORK or not _plain(t, w_t, df, d2f, g):
         return None
+    s = (t.reshape(k * batch, n) @ w_t).reshape(t.shape)
     t_out = numpy.empty(t.shape, t.dtype)
     term = numpy.empty((batch, g.shape[1], k, k), t.dtype)
-    _residual_tanh_push(t, w, df, d2f, g, t.dtype.type(h), t_out, term)
+    _residual_tanh_push(t, s, df, d2f, g, t.dtype.type(h), t_out, term)
     return t_out, term
 
 
@@ -271,27 +275,22 @@ if numba is not None:
                         pulled[b, o, i] += a * w[r, i]
 
     @_jit
-    def _residual_tanh_push(t, w, df, d2f, g, h, t_out, term):  # pragma: no cover - compiled
+    def _residual_tanh_push(t, s, df, d2f, g, h, t_out, term):  # pragma: no cover - compiled
         k, batch, n = t.shape
         m = g.shape[1]
-        s = numpy.empty((k, n), dtype=t.dtype)
         u = numpy.empty(n, dtype=t.dtype)
         zero = t.dtype.type(0)
         for b in range(batch):
             for i in range(k):
                 for r in range(n):
-                    a = zero
-                    for c in range(n):
-                        a += w[r, c] * t[i, b, c]
-                    s[i, r] = a
-                    t_out[i, b, r] = t[i, b, r] + h * df[b, r] * a
+                    t_out[i, b, r] = t[i, b, r] + h * df[b, r] * s[i, b, r]
             for o in range(m):
                 for i in range(k):
                     for r in range(n):
-                        u[r] = g[b, o, r] * d2f[b, r] * s[i, r]
+                        u[r] = g[b, o, r] * d2f[b, r] * s[i, b, r]
                     for j in range(i, k):
                         a = zero
                         for r in range(n):
-                            a += u[r] * s[j, r]
+                            a += u[r] * s[j, b, r]
                         term[b, o, i, j] = a
                         term[b, o, j, i] = a

@@ -252,8 +252,11 @@ def test_residual_tanh_block_falls_back_where_it_does_not_apply(portable):
     _, cache = block.forward(x)
     df, d2f = cache[1][1].cache
     t = np.ones((_fused.MAX_K + 1, 4, n))
-    assert _fused.residual_tanh_push(t, w, df, d2f, g, 0.5) is None, "too many directions"
-    assert _fused.residual_tanh_push(np.broadcast_to(t[:2, :1], (2, 4, n)), w, df, d2f, g, 0.5) is None
+    w_t = np.ascontiguousarray(w.T)
+    assert _fused.residual_tanh_push(t, w_t, df, d2f, g, 0.5) is None, "too many directions"
+    assert _fused.residual_tanh_push(np.broadcast_to(t[:2, :1], (2, 4, n)), w_t, df, d2f, g, 0.5) is None
+    assert _fused.residual_tanh_push(t[:2], w.T, df, d2f, g, 0.5) is None, "a transposed view of W"
+    assert _fused.residual_tanh_push(t[:2], w_t, df, d2f, g, 0.5) is not None
     assert _fused.residual_tanh_pull(np.ones((_fused.RESIDUAL_WORK // n**2 + 1, 1, n)), w, df, 0.5) is None
     # Big and mixed blocks still give the layers' results (through the portable passes).
     xb = np.random.default_rng(1).standard_normal(big.shape)

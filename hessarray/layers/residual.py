@@ -79,8 +79,8 @@ class Residual(Layer):
             w = dense.weight
             fused = _fused.residual_tanh_forward(x, w, dense._b, self.h)
             if fused is not None:
-                z, f, df, d2f, y = fused
-                return y, (x, [Step(dense, (x, w, w.T), z), Step(tanh, (df, d2f), f)], {})
+                z, f, df, d2f, y, w_t = fused
+                return y, (x, [Step(dense, (x, w, w_t), z), Step(tanh, (df, d2f), f)], {})
         steps, u = forward_chain(self.layers, x)
         # The third item remembers, for this call only, what the last adjoint ``g`` pulled
         # back gave: the engine pulls an adjoint back (``pull``, ``pull_hessian``) and then
@@ -98,7 +98,7 @@ class Residual(Layer):
         inner_g = None if g is None else self._inner_adjoints(cache, g)
         if self._tanh_block and inner_g is not None:
             df, d2f = steps[1].cache
-            fused = _fused.residual_tanh_push(t, steps[0].cache[1], df, d2f, inner_g[1], self.h)
+            fused = _fused.residual_tanh_push(t, steps[0].cache[2], df, d2f, inner_g[1], self.h)
             if fused is not None:
                 return fused[0], [Contracted(fused[1])]
         tu, factors = push_chain(steps, t, inner_g)
