@@ -74,7 +74,7 @@ def push_curvature(df: Any, d2f: Any, g: Any, t: Any) -> tuple[Any, Any] | None:
     k, batch, _ = t.shape
     t_out = numpy.empty(t.shape, t.dtype)
     term = numpy.empty((batch, g.shape[1], k, k), t.dtype)
-    _push_curvature(df, d2f, g, t, t_out, term)
+    _push_curvature(df, d2f, g, t, t_out, term, None, t.dtype.type(1))
     return t_out, term
 
 
@@ -169,7 +169,7 @@ def residual_tanh_push(t: Any, w_t: Any, df: Any, d2f: Any, g: Any, h: float) ->
     s = (t.reshape(k * batch, n) @ w_t).reshape(t.shape)
     t_out = numpy.empty(t.shape, t.dtype)
     term = numpy.empty((batch, g.shape[1], k, k), t.dtype)
-    _residual_tanh_push(t, s, df, d2f, g, t.dtype.type(h), t_out, term)
+    _push_curvature(df, d2f, g, s, t_out, term, t, t.dtype.type(h))  # tanh's push of s, plus the skip
     return t_out, term
 
 
@@ -179,7 +179,9 @@ if numba is not None:
     _jit = numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
 
     @_jit
-    def _push_curvature(df, d2f, g, t, t_out, term):  # pragma: no cover - compiled
+    def _push_curvature(df, d2f, g, t, t_out, term, skip, h):  # pragma: no cover - compiled
+        # t_out = φ'·t (skip None, h 1), or skip + h φ'·t for a residual block; numba compiles
+        # the two apart and drops the test on None.
         k, batch, n = t.shape
         m = g.shape[1]
         u = numpy.empty(n, dtype=t.dtype)
@@ -187,7 +189,10 @@ if numba is not None:
         for b in range(batch):
             for i in range(k):
                 for r in range(n):
-                    t_out[i, b, r] = df[b, r] * t[i, b, r]
+                    if skip is None:
+                        t_out[i, b, r] = df[b, r] * t[i, b, r]
+                    else:
+                        t_out[i, b, r] = skip[i, b, r] + h * (df[b, r] * t[i, b, r])
             for o in range(m):
                 for i in range(k):
                     for r in range(n):
@@ -273,24 +278,3 @@ if numba is not None:
                     a = gd[b, o, r]
                     for i in range(n):
                         pulled[b, o, i] += a * w[r, i]
-
-    @_jit
-    def _residual_tanh_push(t, s, df, d2f, g, h, t_out, term):  # pragma: no cover - compiled
-        k, batch, n = t.shape
-        m = g.shape[1]
-        u = numpy.empty(n, dtype=t.dtype)
-        zero = t.dtype.type(0)
-        for b in range(batch):
-            for i in range(k):
-                for r in range(n):
-                    t_out[i, b, r] = t[i, b, r] + h * df[b, r] * s[i, b, r]
-            for o in range(m):
-                for i in range(k):
-                    for r in range(n):
-                        u[r] = g[b, o, r] * d2f[b, r] * s[i, b, r]
-                    for j in range(i, k):
-                        a = zero
-                        for r in range(n):
-                            a += u[r] * s[j, b, r]
-                        term[b, o, i, j] = a
-                        term[b, o, j, i] = a
