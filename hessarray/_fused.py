@@ -88,10 +88,11 @@ def tanh_derivatives(f: Any) -> tuple[Any, Any] | None:
         return None
     df = numpy.empty(f.shape, f.dtype)
     d2f = numpy.empty(f.shape, f.dtype)
+    one = f.dtype.type(1)
     if f.ndim == 2:  # activations are (B, n): no reshaped views
-        _tanh_derivatives(f, df, d2f)
+        _tanh_derivatives(f, df, d2f, None, one, None)
     else:  # anything else as one row
-        _tanh_derivatives(f.reshape(1, -1), df.reshape(1, -1), d2f.reshape(1, -1))
+        _tanh_derivatives(f.reshape(1, -1), df.reshape(1, -1), d2f.reshape(1, -1), None, one, None)
     return df, d2f
 
 
@@ -137,7 +138,7 @@ def residual_tanh_forward(x: Any, w: Any, b: Any, h: float) -> tuple[Any, ...] |
     _affine(x, w, b, z)
     f = numpy.tanh(z)
     df, d2f, y = numpy.empty(x.shape, x.dtype), numpy.empty(x.shape, x.dtype), numpy.empty(x.shape, x.dtype)
-    _tanh_residual(f, x, x.dtype.type(h), df, d2f, y)
+    _tanh_derivatives(f, df, d2f, x, x.dtype.type(h), y)
     return z, f, df, d2f, y, numpy.ascontiguousarray(w.T)
 
 
@@ -225,13 +226,16 @@ if numba is not None:
                         term[b, o, j, i] = term[b, o, i, j]
 
     @_jit
-    def _tanh_derivatives(f, df, d2f):  # pragma: no cover - compiled
+    def _tanh_derivatives(f, df, d2f, skip, h, y):  # pragma: no cover - compiled
+        # With skip (a residual block's input), also y = skip + h f; compiled apart for None.
         for b in range(f.shape[0]):
             for r in range(f.shape[1]):
                 v = f[b, r]
                 dv = 1 - v * v
                 df[b, r] = dv
                 d2f[b, r] = -2 * v * dv
+                if skip is not None:
+                    y[b, r] = skip[b, r] + h * v
 
     @_jit
     def _symmetrize(h):  # pragma: no cover - compiled
@@ -252,16 +256,6 @@ if numba is not None:
                 for i in range(n):
                     s += w[j, i] * x[b, i]
                 z[b, j] = s
-
-    @_jit
-    def _tanh_residual(f, x, h, df, d2f, y):  # pragma: no cover - compiled
-        for b in range(f.shape[0]):
-            for r in range(f.shape[1]):
-                v = f[b, r]
-                dv = 1 - v * v
-                df[b, r] = dv
-                d2f[b, r] = -2 * v * dv
-                y[b, r] = x[b, r] + h * v
 
     @_jit
     def _residual_tanh_pull(g, w, df, h, hg, gd, pulled):  # pragma: no cover - compiled
