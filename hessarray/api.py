@@ -103,7 +103,8 @@ def derivatives(
     mode : {"auto", "forward", "reverse"}
         ``"forward"`` pushes ``d`` tangents forward (``O(L n² d + L n d²)`` per sample, for
         ``d ≤ n``); ``"reverse"`` pulls Hessians back (``O(L n³)``, for ``d > n``);
-        ``"auto"`` picks the one with the smaller FLOP estimate (see :func:`plan`).
+        ``"auto"`` picks by the FLOP estimates, forward unless reverse is clearly cheaper
+        (see :func:`plan`).
     per_sample : bool
         With ``wrt``, keep the batch and output axes in front instead of summing them.
     chunk_size : int, optional

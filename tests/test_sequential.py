@@ -8,6 +8,7 @@ from backends import SLOW, backend_cases, materialize
 from reference import assert_close, build_hessarray, cached_torch_reference
 
 import hessarray as ha
+from hessarray.engine.plan import REVERSE_ADVANTAGE, pick_mode
 
 _rng = np.random.default_rng(3)
 D, N, M, BATCH = 3, 5, 2, 4
@@ -130,8 +131,18 @@ def test_per_sample_sums_to_summed(xp):
 
 
 # -- plans ------------------------------------------------------------------------------------
+def test_auto_takes_reverse_only_when_clearly_cheaper():
+    """Near a tie the forward mode runs (it measured as fast or faster there)."""
+    edge = REVERSE_ADVANTAGE
+    assert pick_mode({"forward": 1.0, "reverse": 1.0}) == "forward"
+    assert pick_mode({"forward": edge, "reverse": 1.0}) == "forward"
+    assert pick_mode({"forward": 1.01 * edge, "reverse": 1.0}) == "reverse"
+    assert pick_mode({"forward": 5.0, "reverse": 1.0}) == "reverse"
+
+
 def test_plan_and_auto_mode():
-    wide_input = ha.Sequential(ha.Dense(np.ones((2, 40))), ha.Tanh(), ha.Sum())
+    # tanh on the 40 inputs themselves: no dense layer narrows them first, reverse is far cheaper
+    wide_input = ha.Sequential(ha.Tanh(), ha.Dense(np.ones((2, 40))), ha.Tanh(), ha.Sum())
     narrow_input = ha.Sequential(ha.Dense(np.ones((40, 2))), ha.Tanh(), ha.Dense(np.ones((1, 40))), ha.Sum())
     p_wide = ha.plan(wide_input, np.ones((10, 40)))
     p_narrow = ha.plan(narrow_input, np.ones((10, 2)))
@@ -139,8 +150,13 @@ def test_plan_and_auto_mode():
         assert isinstance(p, ha.Plan)
         assert set(p.flops) == {"forward", "reverse"}
         assert p.mode == min(p.flops, key=p.flops.get)
+        assert p.mode == pick_mode(p.flops)
         assert 1 <= p.chunk_size <= 10
     assert p_wide.mode == "reverse" and p_narrow.mode == "forward"
+    # A dense layer narrowing the wide input first: the estimates nearly tie, forward runs.
+    narrowed = ha.Sequential(ha.Dense(np.ones((2, 40))), ha.Tanh(), ha.Sum())
+    p = ha.plan(narrowed, np.ones((10, 40)))
+    assert p.flops["forward"] < REVERSE_ADVANTAGE * p.flops["reverse"] and p.mode == "forward"
     assert ha.plan(narrow_input, np.ones((10, 2)), mode="reverse").mode == "reverse"
     assert ha.plan(narrow_input, np.ones((10, 2)), chunk_size=3).chunk_size == 3
     assert ha.plan(narrow_input, np.ones((10, 2)), chunk_size=50).chunk_size <= 10

@@ -25,7 +25,7 @@ from ..layers.base import (
 )
 from ..layers.losses import Sum
 from .forward import forward_mode
-from .plan import estimate
+from .plan import estimate, pick_mode
 from .reverse import reverse_mode
 
 
@@ -53,7 +53,7 @@ def owner_blocks(
         chain = _scalar_chain(rest) if rest else [Sum()]
         flops, _, _ = estimate(chain, y_owner.shape[1], True)
         # The owner's width is the number of tangents: wide owners pull Hessians back instead.
-        run = forward_mode if flops["forward"] <= flops["reverse"] else reverse_mode
+        run = forward_mode if pick_mode(flops) == "forward" else reverse_mode
         _, _, h = run(chain, y_owner, True)
     return {(a, b): owner.param_hessian(cache, a, h, per_sample, b) for a, b in pairs}
 
