@@ -59,7 +59,8 @@ class Residual(Layer):
             self.out_width(self.in_width)
         self.has_curvature = any(layer.has_curvature for layer in self.layers)
         # x + h·tanh(W x + b) (hessQuik's block): on small NumPy blocks each pass runs as one
-        # fused loop (:mod:`hessarray._fused`) instead of about four NumPy operations.
+        # fused loop, or one BLAS product and one loop (:mod:`hessarray._fused`), instead of
+        # about four NumPy operations.
         self._tanh_block = len(self.layers) == 2 and type(self.layers[0]) is Dense and type(self.layers[1]) is Tanh
 
     def out_width(self, n_in: int) -> int:
