@@ -111,11 +111,12 @@ def symmetrize(h: Any) -> bool:
     return True
 
 
-#: A residual block ``x + h·tanh(W x + b)`` runs as one loop per pass (value, adjoint,
-#: tangents with curvature) while its work, ``batch · (k + 1) · n²`` multiply-adds, is at most
-#: this; beyond it BLAS products and NumPy's vectorized tanh win. Measured on hessQuik's
-#: setting (width 16, batch 10, one thread): a block's three passes take 19 µs as separate
-#: NumPy operations (about a dozen, each ~1 µs of call overhead) and ~8 µs fused.
+#: A residual block ``x + h·tanh(W x + b)`` runs each pass (value, adjoint, tangents with
+#: curvature) as one loop, or one BLAS product and one loop, while its work,
+#: ``batch · (k + 1) · n²`` multiply-adds, is at most this; beyond it BLAS products and NumPy's
+#: vectorized tanh win. Measured on hessQuik's setting (width 16, batch 10, one thread, k = 2):
+#: a block's three passes take 19 µs as separate NumPy operations (about a dozen, each ~1 µs
+#: of call overhead) and ~12 µs fused.
 RESIDUAL_WORK = 1 << 16
 
 
@@ -123,8 +124,7 @@ def residual_tanh_forward(x: Any, w: Any, b: Any, h: float) -> tuple[Any, ...] |
     """``z = x Wᵀ + b``, ``f = tanh z``, ``φ' = 1 - f²``, ``φ'' = -2 f φ'`` and
     ``y = x + h f`` for a small block (``x`` ``(B, n)``, ``W`` ``(n, n)``, ``b`` ``(n,)`` or
     None): one loop for ``z``, NumPy's vectorized tanh (numba's scalar one is ~20× slower),
-    one loop for the rest. Also returns ``Wᵀ`` as a C-contiguous copy, for the tangents'
-    product (OpenBLAS multiplies small matrices faster by a contiguous operand).
+    one loop for the rest.
 
     ``None`` where the loops do not apply: switched off, the block too big
     (:data:`RESIDUAL_WORK`), or operands that are not C-contiguous NumPy arrays of one
@@ -139,7 +139,7 @@ def residual_tanh_forward(x: Any, w: Any, b: Any, h: float) -> tuple[Any, ...] |
     f = numpy.tanh(z)
     df, d2f, y = numpy.empty(x.shape, x.dtype), numpy.empty(x.shape, x.dtype), numpy.empty(x.shape, x.dtype)
     _tanh_derivatives(f, df, d2f, x, x.dtype.type(h), y)
-    return z, f, df, d2f, y, numpy.ascontiguousarray(w.T)
+    return z, f, df, d2f, y
 
 
 def residual_tanh_pull(g: Any, w: Any, df: Any, h: float) -> tuple[Any, Any, Any] | None:

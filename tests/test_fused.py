@@ -337,7 +337,7 @@ def test_split_contraction_matches_one_product(k):
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5 * np.max(np.abs(want)))
     k1 = forward_engine.SPLIT_COLUMNS  # the block above the trailing one is its mirror
     np.testing.assert_array_equal(got[..., :k1, k1:], np.swapaxes(got[..., k1:, :k1], -1, -2))
-    # Not for a non-symmetric triple, several outputs, or float64: the one-product path.
+    # Not for a non-symmetric triple: the one-product path.
     other = rng.standard_normal(t.shape).astype(np.float32)
     want_lr = np.einsum("ibr,bor,jbr->boij", t, c, other)
     np.testing.assert_allclose(contract(np, (t, c, other), "full"), want_lr, rtol=1e-4, atol=1e-3)

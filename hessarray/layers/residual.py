@@ -22,7 +22,7 @@ from .base import (
     reverse_second,
     split_directions,
 )
-from .dense import Dense
+from .dense import Dense, numpy_transposed
 from .elementwise import Tanh
 
 
@@ -80,8 +80,9 @@ class Residual(Layer):
             w = dense.weight
             fused = _fused.residual_tanh_forward(x, w, dense._b, self.h)
             if fused is not None:
-                z, f, df, d2f, y, w_t = fused
-                return y, (x, [Step(dense, (x, w, w_t), z), Step(tanh, (df, d2f), f)], {})
+                z, f, df, d2f, y = fused
+                dense_cache = (x, w, numpy_transposed(w))  # what Dense.forward keeps
+                return y, (x, [Step(dense, dense_cache, z), Step(tanh, (df, d2f), f)], {})
         steps, u = forward_chain(self.layers, x)
         # The third item remembers, for this call only, what the last adjoint ``g`` pulled
         # back gave: the engine pulls an adjoint back (``pull``, ``pull_hessian``) and then
