@@ -1,0 +1,172 @@
+"""The fused tanh-MLP forward mode (NumPy, numba) against the engine's portable passes.
+
+Everything else in the suite that builds a ``Dense, Tanh, …, Dense`` model on NumPy runs it
+too; here it is compared with the portable passes directly, over depths, widths, inputs,
+dtypes and batches that straddle the tile size, and checked to stay out of the way where it
+does not apply.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import hessarray as ha
+from hessarray import _fused
+from hessarray.engine import tanh_mlp
+
+pytest.importorskip("numba")
+pytest.importorskip("scipy")
+
+TOL = {np.float64: 1e-12, np.float32: 2e-4}
+
+
+@pytest.fixture
+def portable(monkeypatch):
+    """Switch the fused kernels off for the duration of a block (``with portable():``)."""
+
+    class Off:
+        def __enter__(self):
+            monkeypatch.setattr(_fused, "ENABLED", False)
+
+        def __exit__(self, *exc):
+            monkeypatch.setattr(_fused, "ENABLED", True)
+
+    monkeypatch.setattr(_fused, "ENABLED", True)
+    return Off
+
+
+def mlp(d, widths, dtype, out=1, bias=True, total=False, seed=0):
+    """``Dense d→w₀, Tanh, …, Dense → out`` (then ``Sum`` if ``total``)."""
+    rng = np.random.default_rng(seed)
+    dims = [d, *widths]
+    layers = []
+    for a, b in zip(dims[:-1], dims[1:]):
+        w = (rng.standard_normal((b, a)) / np.sqrt(a)).astype(dtype)
+        layers += [ha.Dense(w, (0.3 * rng.standard_normal(b)).astype(dtype) if bias else None), ha.Tanh()]
+    w = (rng.standard_normal((out, dims[-1])) / np.sqrt(dims[-1])).astype(dtype)
+    layers.append(ha.Dense(w, (0.3 * rng.standard_normal(out)).astype(dtype) if bias else None))
+    if total:
+        layers.append(ha.Sum())
+    return ha.Sequential(*layers)
+
+
+def _close(got, want, dtype):
+    assert got.shape == want.shape and got.dtype == want.dtype
+    scale = max(float(np.max(np.abs(want))), 1.0)
+    np.testing.assert_allclose(got, want, rtol=0, atol=TOL[dtype] * scale)
+
+
+CASES = [  # (d, widths, out, total, bias)
+    (1, [8], 1, False, True),  # one hidden layer
+    (2, [64, 64, 64, 64], 1, True, True),  # the PINN-like benchmark's network
+    (3, [5, 7, 4], 1, False, False),  # unequal widths, no bias
+    (4, [16, 9], 3, True, True),  # several outputs summed
+    (6, [6, 33, 6], 1, False, True),  # the input as wide as the first layer
+    (_fused.MAX_K, [30, 30], 1, False, True),  # the most directions the loop takes
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("batch", [1, tanh_mlp.TILE - 1, tanh_mlp.TILE, 2 * tanh_mlp.TILE + 5])
+@pytest.mark.parametrize(("d", "widths", "out", "total", "bias"), CASES)
+def test_matches_portable_passes(portable, d, widths, out, total, bias, batch, dtype):
+    model = mlp(d, widths, dtype, out=out, bias=bias, total=total)
+    x = np.random.default_rng(1).standard_normal((batch, d)).astype(dtype)
+    for part in ("full", "diag", "trace"):
+        got = tanh_mlp.tanh_mlp_derivatives(model.layers, x, part)
+        assert got is not None, "a tanh MLP takes the fused path"
+        with portable():
+            want = ha.engine.forward_mode(model.layers, x, True, part=part)
+        for g, w in zip(got, want):
+            _close(np.asarray(g), np.asarray(w), dtype)
+    h = tanh_mlp.tanh_mlp_derivatives(model.layers, x, "full")[2]
+    np.testing.assert_array_equal(h, np.swapaxes(h, -1, -2))  # both halves written
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+def test_public_calls_agree_with_and_without_it(portable, dtype):
+    """Through the public API, over several blocks on the worker threads."""
+    model = mlp(2, [24, 24, 24], dtype, total=True)
+    x = np.random.default_rng(2).standard_normal((700, 2)).astype(dtype)
+    calls = {
+        "derivatives": lambda: tuple(ha.derivatives(model, x, chunk_size=150)),
+        "forward": lambda: tuple(ha.derivatives(model, x, mode="forward")),
+        "hessian": lambda: (ha.hessian(model, x, chunk_size=100),),
+        "laplacian": lambda: (ha.laplacian(model, x, chunk_size=100),),
+        "diagonal": lambda: (ha.hessian_diagonal(model, x),),
+    }
+    for call in calls.values():
+        got = call()
+        with portable():
+            want = call()
+        for g, w in zip(got, want):
+            _close(np.asarray(g), np.asarray(w), dtype)
+
+
+def test_against_finite_differences():
+    """Central differences of the gradient, which ``jacobian`` computes without this path."""
+    model = mlp(3, [10, 12], np.float64)
+    x = np.random.default_rng(3).standard_normal((5, 3))
+    h = tanh_mlp.tanh_mlp_derivatives(model.layers, x, "full")[2][:, 0]
+    eps = 1e-5
+    for i in range(3):
+        e = np.zeros(3)
+        e[i] = eps
+        up = np.reshape(ha.jacobian(model, x + e), (5, 3))
+        down = np.reshape(ha.jacobian(model, x - e), (5, 3))
+        np.testing.assert_allclose(h[:, i, :], (up - down) / (2 * eps), rtol=1e-7, atol=1e-8)
+
+
+def test_keeps_nan_and_inf(portable):
+    model = mlp(2, [8, 8], np.float64)
+    x = np.array([[np.nan, 0.5], [np.inf, 1.0], [0.1, 0.2]])
+    got = tanh_mlp.tanh_mlp_derivatives(model.layers, x, "full")
+    with portable():
+        want = ha.engine.forward_mode(model.layers, x, True)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-14, equal_nan=True)
+
+
+def _unmatched():
+    rng = np.random.default_rng(4)
+
+    def dense(o, i, dtype=np.float64):
+        return ha.Dense(rng.standard_normal((o, i)).astype(dtype), rng.standard_normal(o).astype(dtype))
+
+    return {
+        "input wider than the first layer": (ha.Sequential(dense(2, 3), ha.Tanh(), dense(1, 2)), 3),
+        "more directions than the loop takes": (
+            ha.Sequential(dense(40, _fused.MAX_K + 1), ha.Tanh(), dense(1, 40)),
+            _fused.MAX_K + 1,
+        ),
+        "several outputs, no Sum": (ha.Sequential(dense(4, 2), ha.Tanh(), dense(2, 4)), 2),
+        "another activation": (ha.Sequential(dense(4, 2), ha.Sigmoid(), dense(1, 4)), 2),
+        "two dense layers in a row": (ha.Sequential(dense(4, 2), dense(4, 4), ha.Tanh(), dense(1, 4)), 2),
+        "no output layer": (ha.Sequential(dense(4, 2), ha.Tanh()), 2),
+        "a loss at the end": (ha.Sequential(dense(4, 2), ha.Tanh(), dense(1, 4), ha.Square()), 2),
+        "float32 weights, float64 input": (ha.Sequential(dense(4, 2, np.float32), ha.Tanh(), dense(1, 4)), 2),
+        "a residual block": (
+            ha.Sequential(dense(4, 2), ha.Tanh(), ha.Residual(dense(4, 4), ha.Tanh()), dense(1, 4)),
+            2,
+        ),
+    }
+
+
+@pytest.mark.parametrize("case", list(_unmatched()))
+def test_falls_back_where_it_does_not_apply(case):
+    model, d = _unmatched()[case]
+    x = np.random.default_rng(5).standard_normal((6, d))
+    assert tanh_mlp.tanh_mlp_derivatives(model.layers, x, "full") is None
+    out = ha.derivatives(model, x, mode="forward")  # the portable passes still answer
+    assert np.asarray(out.hessian).shape[0] == 6
+
+
+def test_falls_back_for_other_inputs(portable):
+    model = mlp(2, [8], np.float64)
+    x = np.random.default_rng(6).standard_normal((4, 2))
+    assert tanh_mlp.tanh_mlp_derivatives(model.layers, x[:0], "full") is None  # no samples
+    assert tanh_mlp.tanh_mlp_derivatives(model.layers, x.astype(np.float32), "full") is None
+    assert tanh_mlp.tanh_mlp_derivatives(model.layers, x.tolist(), "full") is None
+    with portable():
+        assert tanh_mlp.tanh_mlp_derivatives(model.layers, x, "full") is None  # switched off
