@@ -170,3 +170,33 @@ def test_falls_back_for_other_inputs(portable):
     assert tanh_mlp.tanh_mlp_derivatives(model.layers, x.tolist(), "full") is None
     with portable():
         assert tanh_mlp.tanh_mlp_derivatives(model.layers, x, "full") is None  # switched off
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+def test_tanh_within_two_ulp_of_exact(dtype):
+    """The kernel's own tanh (vectorizable, no bit casts) against mpmath, and NumPy's specials."""
+    mpmath = pytest.importorskip("mpmath")
+    rng = np.random.default_rng(7)
+    tiny = -300 if dtype == np.float64 else -44
+    x = np.concatenate(
+        [
+            rng.uniform(-25, 25, 1500),
+            rng.uniform(-1, 1, 1000),
+            np.sign(rng.standard_normal(1000)) * 10.0 ** rng.uniform(tiny, 1.5, 1000),
+            [0.17, 0.18, 0.34, 0.35, 9.0, 10.0, 19.0, 20.0, 21.0],  # range-reduction and clamp edges
+        ]
+    ).astype(dtype)
+    got = x.reshape(1, -1).copy()
+    tanh_mlp.tanh_rows(got, None)
+    exact = np.array([float(mpmath.tanh(mpmath.mpf(float(v)))) for v in x]).astype(dtype)
+    nonzero = exact != 0
+    ulps = np.abs(got[0][nonzero].astype(np.float64) - exact[nonzero]) / np.spacing(np.abs(exact[nonzero]))
+    assert ulps.max() <= 2
+    values = [[0.0, -0.0, np.inf, -np.inf, np.nan, 40.0, -40.0]]
+    special = np.array(values, dtype)
+    tanh_mlp.tanh_rows(special, None)
+    np.testing.assert_array_equal(special, np.tanh(np.array(values, dtype)))
+    assert np.signbit(special[0, 1])
+    biased = np.zeros((2, 3), dtype)
+    tanh_mlp.tanh_rows(biased, np.array([0.5, -1.0, 2.0], dtype))  # z ← tanh(z + bias)
+    np.testing.assert_allclose(biased, np.tanh(np.array([[0.5, -1.0, 2.0]] * 2, dtype)), rtol=4 * np.finfo(dtype).eps)

@@ -1,6 +1,8 @@
 """How derivatives flow through a chain of layers: planning, the two modes, parameters.
 
-The engine talks to layers only through the contract of :mod:`hessarray.layers.base`.
+The engine talks to layers only through the contract of :mod:`hessarray.layers.base`, with
+one exception: :mod:`.tanh_mlp`, a NumPy fast path, recognizes ``Dense``, ``Tanh`` and ``Sum``
+by type and reads their weights.
 """
 
 from __future__ import annotations

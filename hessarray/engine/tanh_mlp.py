@@ -1,18 +1,23 @@
 """The forward mode of a tanh MLP on NumPy, fused over tiles of samples (numba).
 
 For ``dense, tanh, (dense, tanh)…, dense → 1 output`` the engine's passes are, per hidden
-layer and block, about ten NumPy operations over ``(B, n)`` arrays: the activation's
-derivatives, the adjoint's pull, the tangents' push, the curvature; each reads and writes
-memory the size of the block. Here the values still run as NumPy GEMMs and NumPy's vectorized
-``tanh`` over the block (numba's scalar ``tanh`` is ~20× slower), but everything after them —
-the adjoints back and the tangents forward, each layer's GEMM by BLAS (numba's ``np.dot``) and
-its elementwise work in one loop — runs in one compiled call, tile by tile, so that a tile's
-operands stay in the core's cache between the GEMM and the loop that reads its result.
+layer and block, about ten NumPy operations over ``(B, n)`` arrays (the product, the bias,
+tanh, its derivatives, the adjoint's pull, the tangents' push, the curvature), each reading
+and writing memory the size of the block. Here one compiled call runs the whole block, tile
+by tile: per tile, the values forward, the adjoints back and the tangents forward, each
+layer's GEMM by BLAS (numba's ``np.dot``) and its elementwise work in loops over the tile, so
+that a tile's operands stay in the core's cache between the GEMM and the loop that reads its
+result.
 
-Counted on the PINN-like benchmark (d = 2, width 64, depth 4, float64): the GEMMs are 1.03
-GFLOP per 10 000 samples, the same as the engine's; the elementwise passes drop from about 17
-to 6 reads and writes of a ``(B, n)`` array per hidden layer (derivatives recomputed from
-``tanh`` where needed instead of stored). Measured on one thread: 43 against ~32 ms per call.
+Counted on the PINN-like benchmark (d = 2, width 64, depth 4, float64): the GEMMs are the
+engine's, 1.03 GFLOP per 10 000 samples; the elementwise work drops from about 17 passes over
+a ``(B, n)`` array per hidden layer, most of them out of cache, to about 8 over a tile in L2
+(φ' recomputed from tanh where needed instead of stored). Measured on one thread: 43 against
+26 ms per call in float64, 19.7 against 13.6 ms in float32.
+
+tanh is the kernel's own (:func:`tanh_rows`): numba's calls the scalar C library function
+(~20× slower than NumPy's vectorized loop); this one vectorizes, ~1.5 ns per float64 element
+against NumPy's 1.7-2.0 (float32: 0.6 against 0.36), within 2 ulp of the exact value.
 
 Used only where it applies exactly (:func:`tanh_mlp_derivatives` returns ``None``
 otherwise, and the engine runs its portable passes): NumPy float32/float64 input and
@@ -34,10 +39,10 @@ from ..layers.dense import Dense
 from ..layers.elementwise import Tanh
 from ..layers.losses import Sum
 
-#: Samples per tile: a tile's adjoints, curvature weights and tangents (k = 2, width 64,
-#: float64: ~200 kB) stay in a core's 1 MB L2 cache. One thread, PINN-like, float64: 64 → 40.0,
-#: 128 → 37.6, 256 → 35.7 ms for the whole call (values included); 128 is kept for float32
-#: (16.2 against 16.4 ms at 256) and the smaller L2 caches of other machines.
+#: Samples per tile: a tile's values, adjoints, curvature weights and tangents (k = 2, width 64,
+#: float64: ~200 kB) stay in a core's L2 cache. One thread, PINN-like, 1667 samples, the
+#: adjoint and tangent passes alone (float64 / float32): 32 → 18.0 / 10.2, 64 → 17.9 / 9.3,
+#: 128 → 21.1 / 10.4, 256 → 22.3 / 10.8 ms per 10 000 samples.
 TILE = 64
 
 # numba's ``np.dot`` needs SciPy's BLAS; loading it here, at import, also puts its OpenBLAS
@@ -88,25 +93,33 @@ def tanh_mlp_derivatives(layers: list, x: Any, part: str) -> tuple[Any, Any, Any
     hidden, out, tail = matched
     if d > hidden[0].weight.shape[0]:  # the engine seeds a narrower space there
         return None
-    fs = []
-    f = x
-    for dense in hidden:
-        f, _ = dense.forward(f)  # a fresh (B, n) product, the bias added in place
-        numpy.tanh(f, out=f)
-        fs.append(f)
-    y = f
-    for layer in tail:
-        y, _ = layer.forward(y)
+    dtype = x.dtype
     w_out = out.weight
-    g_last = numpy.ascontiguousarray(w_out.sum(axis=0) if len(tail) == 2 else w_out[0])
+    total = len(tail) == 2  # several outputs, then Sum
+    g_last = numpy.ascontiguousarray(w_out.sum(axis=0) if total else w_out[0])
+    b_out = numpy.zeros(1, dtype) if out._b is None else numpy.reshape(out._b.sum() if total else out._b[0], (1,))
+    biases = tuple(numpy.zeros(dense.weight.shape[0], dtype) if dense._b is None else dense._b for dense in hidden)
     ws = [numpy.ascontiguousarray(dense.weight) for dense in hidden[1:]]
     wts = [numpy.ascontiguousarray(dense.weight.T) for dense in hidden[1:]]
     if not ws:  # one hidden layer: numba needs a non-empty tuple (never read)
         ws = wts = [g_last.reshape(1, -1)]
     seeds = numpy.ascontiguousarray(hidden[0].weight.T)
-    jac = numpy.empty((batch, 1, d), x.dtype)
-    hess = numpy.empty((batch, 1, d, d), x.dtype)
-    _tanh_mlp(tuple(fs), tuple(ws), tuple(wts), seeds, g_last, jac.reshape(batch, d), hess.reshape(batch, d, d), TILE)
+    y = numpy.empty((batch, 1), dtype)
+    jac = numpy.empty((batch, 1, d), dtype)
+    hess = numpy.empty((batch, 1, d, d), dtype)
+    _tanh_mlp(
+        numpy.ascontiguousarray(x),
+        seeds,
+        biases,
+        tuple(ws),
+        tuple(wts),
+        g_last,
+        b_out,
+        y.reshape(batch),
+        jac.reshape(batch, d),
+        hess.reshape(batch, d, d),
+        TILE,
+    )
     if part == "diag":
         return y, jac, numpy.ascontiguousarray(numpy.diagonal(hess, axis1=-2, axis2=-1))
     if part == "trace":
@@ -115,32 +128,137 @@ def tanh_mlp_derivatives(layers: list, x: Any, part: str) -> tuple[Any, Any, Any
 
 
 if _HAVE_BLAS:
+    import math
+
+    from numba.extending import overload
+
+    # The kernel's sums are vectorized by reassociation; tanh is compiled apart without it
+    # (reassociating its argument reduction or ``s·p + (s - 1)`` would cancel digits).
     _jit = _fused.numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
+    _jit_exact = _fused.numba.njit(nogil=True, cache=True, fastmath={"contract"}, error_model="numpy")
+
+    def _tanh(x: Any) -> Any:  # pragma: no cover - replaced by numba's overload below
+        raise NotImplementedError
+
+    # tanh(x) = -expm1(-2|x|) / (2 + expm1(-2|x|)) with the sign of x. expm1(y), y = n ln2 + r,
+    # |r| ≤ ln2/2, is 2ⁿ expm1(r) + (2ⁿ - 1): expm1(r) by its Taylor series (degree 13 in
+    # float64, 7 in float32: truncation below half an ulp), 2ⁿ by selects (vectorizable, no
+    # bit casts). Within 2 ulp of the exact tanh (checked against mpmath in the tests); NaN,
+    # ±inf, ±0 and subnormals as NumPy. |x| is clamped where tanh rounds to ±1.
+    _C64 = tuple(1.0 / math.factorial(i) for i in range(13, 1, -1))
+    _C32 = tuple(numpy.float32(1.0 / math.factorial(i)) for i in range(7, 1, -1))
+
+    def _tanh64(x):  # pragma: no cover - compiled
+        a = min(abs(x), 20.0)
+        n = numpy.floor(-2.8853900817779268 * a + 0.5)  # -2|x| / ln2, rounded
+        r = (-2.0 * a - n * 6.93147180369123816490e-01) - n * 1.90821492927058770002e-10
+        q = _C64[0]
+        for c in _C64[1:]:
+            q = q * r + c
+        p = r + r * r * q
+        m = -n  # 0…58
+        s = 1.0
+        for e, v in ((32.0, 2.0**-32), (16.0, 2.0**-16), (8.0, 2.0**-8), (4.0, 2.0**-4), (2.0, 0.25), (1.0, 0.5)):
+            s = s * v if m >= e else s
+            m = m - e if m >= e else m
+        em = s * p + (s - 1.0)
+        t = -em / (2.0 + em)
+        t = t if x > 0 else -t
+        return x if x == 0 or x != x else t
+
+    def _tanh32(x):  # pragma: no cover - compiled
+        f = numpy.float32
+        a = min(abs(x), f(10.0))
+        n = numpy.floor(f(-2.8853900817779268) * a + f(0.5))
+        r = (f(-2.0) * a - n * f(0.693359375)) - n * f(-2.12194440e-4)
+        q = _C32[0]
+        for c in _C32[1:]:
+            q = q * r + c
+        p = r + r * r * q
+        m = -n  # 0…29
+        s = f(1.0)
+        steps = (
+            (f(16.0), f(2.0**-16)),
+            (f(8.0), f(2.0**-8)),
+            (f(4.0), f(2.0**-4)),
+            (f(2.0), f(0.25)),
+            (f(1.0), f(0.5)),
+        )
+        for e, v in steps:
+            s = s * v if m >= e else s
+            m = m - e if m >= e else m
+        em = s * p + (s - f(1.0))
+        t = -em / (f(2.0) + em)
+        t = t if x > 0 else -t
+        return x if x == 0 or x != x else t
+
+    @overload(_tanh, inline="always")
+    def _tanh_overload(x):  # pragma: no cover - compiled
+        if x == _fused.numba.types.float64:
+            return _tanh64
+        if x == _fused.numba.types.float32:
+            return _tanh32
+        return None
+
+    @_jit_exact
+    def tanh_rows(z, bias):  # pragma: no cover - compiled
+        """``z ← tanh(z + bias)`` in place, ``z`` ``(rows, n)``, ``bias`` ``(n,)`` or None."""
+        for b in range(z.shape[0]):
+            for r in range(z.shape[1]):
+                v = z[b, r] if bias is None else z[b, r] + bias[r]
+                z[b, r] = _tanh(v)
 
     @_jit
-    def _tanh_mlp(fs, ws, wts, seeds, g_last, jac, hess, tile):  # pragma: no cover - compiled
-        nl = len(fs)
-        batch = fs[0].shape[0]
+    def _tanh_mlp(x, seeds, biases, ws, wts, g_last, b_out, y, jac, hess, tile):  # pragma: no cover - compiled
+        # x (B, k); seeds: the first weight's transpose (k, n_0); biases[l] (n_l,); ws[l-1] /
+        # wts[l-1]: the weight (n_l, n_{l-1}) into hidden layer l and its transpose, both
+        # C-contiguous; g_last: the output's gradient at the last tanh (n,); b_out: its bias.
+        # Per tile: values forward, adjoints back, tangents forward with the curvature.
+        nl = len(biases)
+        batch = x.shape[0]
         k = seeds.shape[0]
         width = 0
         for l in range(nl):
-            width = max(width, fs[l].shape[1])
+            width = max(width, biases[l].shape[0])
         dt = seeds.dtype
         zero = dt.type(0)
         size = tile * width
-        cs = numpy.empty((nl, size), dt)
-        gz = numpy.empty(size, dt)
-        gp = numpy.empty(size, dt)
+        fs = numpy.empty((nl, size), dt)  # tanh outputs
+        cs = numpy.empty((nl, size), dt)  # g φ'': the curvature weights
+        gz = numpy.empty(size, dt)  # adjoint at a layer's pre-activation
+        gp = numpy.empty(size, dt)  # adjoint at the previous layer's output
         dv = numpy.empty(size, dt)
         cu = numpy.empty(size, dt)
-        t = numpy.empty(k * size, dt)
-        u = numpy.empty(k * size, dt)
+        t = numpy.empty(k * size, dt)  # tangents at a layer's output, (k, T, n)
+        u = numpy.empty(k * size, dt)  # tangents at its pre-activation
         for r0 in range(0, batch, tile):
             nt = min(tile, batch - r0)
+            # Values forward: the first layer (k inputs) in a loop, then one GEMM per layer.
+            n = biases[0].shape[0]
+            z = fs[0, : nt * n].reshape((nt, n))
+            for b in range(nt):
+                for r in range(n):
+                    z[b, r] = biases[0][r]
+                for i in range(k):
+                    xi = x[r0 + b, i]
+                    for r in range(n):
+                        z[b, r] += xi * seeds[i, r]
+            tanh_rows(z, None)
+            for l in range(1, nl):
+                m = n
+                n = biases[l].shape[0]
+                z = fs[l, : nt * n].reshape((nt, n))
+                numpy.dot(fs[l - 1, : nt * m].reshape((nt, m)), wts[l - 1], z)
+                tanh_rows(z, biases[l])
+            for b in range(nt):
+                acc = zero
+                for r in range(n):
+                    acc += fs[nl - 1, b * n + r] * g_last[r]
+                y[r0 + b] = acc + b_out[0]
+            # Adjoints back, from the output's constant gradient: c = g φ'', then g φ' W.
             for l in range(nl - 1, -1, -1):
-                f = fs[l]
-                n = f.shape[1]
-                ff = f.reshape(batch * n)[r0 * n : (r0 + nt) * n]
+                n = biases[l].shape[0]
+                ff = fs[l]
                 c = cs[l]
                 if l == nl - 1:
                     for b in range(nt):
@@ -163,10 +281,9 @@ if _HAVE_BLAS:
                     numpy.dot(gz[: nt * n].reshape((nt, n)), w, gp[: nt * m].reshape((nt, m)))
             h = hess[r0 : r0 + nt]
             h[:] = zero
-            # first layer
-            f = fs[0]
-            n = f.shape[1]
-            ff = f.reshape(batch * n)[r0 * n : (r0 + nt) * n]
+            # Tangents forward. The first layer's are the seeds (its weight's columns).
+            n = biases[0].shape[0]
+            ff = fs[0]
             c = cs[0]
             for q in range(nt * n):
                 v = ff[q]
@@ -185,10 +302,9 @@ if _HAVE_BLAS:
                         h[b, i, j] += acc
             for l in range(1, nl):
                 m = n
-                f = fs[l]
-                n = f.shape[1]
+                n = biases[l].shape[0]
                 numpy.dot(t[: k * nt * m].reshape((k * nt, m)), wts[l - 1], u[: k * nt * n].reshape((k * nt, n)))
-                ff = f.reshape(batch * n)[r0 * n : (r0 + nt) * n]
+                ff = fs[l]
                 c = cs[l]
                 for q in range(nt * n):
                     v = ff[q]
@@ -197,9 +313,9 @@ if _HAVE_BLAS:
                     ui = u[i * nt * n : (i + 1) * nt * n]
                     ti = t[i * nt * n : (i + 1) * nt * n]
                     for q in range(nt * n):
-                        x = ui[q]
-                        cu[q] = c[q] * x
-                        ti[q] = dv[q] * x
+                        w_ = ui[q]
+                        cu[q] = c[q] * w_
+                        ti[q] = dv[q] * w_
                     for j in range(i, k):
                         uj = u[j * nt * n : (j + 1) * nt * n]
                         for b in range(nt):
