@@ -200,3 +200,32 @@ def test_tanh_within_two_ulp_of_exact(dtype):
     biased = np.zeros((2, 3), dtype)
     tanh_mlp.tanh_rows(biased, np.array([0.5, -1.0, 2.0], dtype))  # z ← tanh(z + bias)
     np.testing.assert_allclose(biased, np.tanh(np.array([[0.5, -1.0, 2.0]] * 2, dtype)), rtol=4 * np.finfo(dtype).eps)
+
+
+def test_serial_calls_limit_blas_threads_for_big_tiles(monkeypatch):
+    """OpenBLAS threads a tile's product from M·N·K > 2¹⁸ on, which costs more than it gains:
+    a serial call runs the kernel under the one-thread limit, a call inside parallel blocks
+    (already limited) and a call on small tiles do not take it again."""
+    from contextlib import contextmanager
+
+    from hessarray.engine import batching
+
+    entered = []
+
+    @contextmanager
+    def recording():
+        entered.append(True)
+        yield
+
+    monkeypatch.setattr(batching, "_blas_single_thread", recording)
+    big = mlp(4, [128, 128], np.float64)  # 4 · 64 rows · 128 · 128 > 2¹⁸
+    x = np.random.default_rng(8).standard_normal((300, 4))
+    assert tanh_mlp.tanh_mlp_derivatives(big.layers, x, "full") is not None
+    assert entered == [True]
+    monkeypatch.setattr(batching._busy, "active", True, raising=False)
+    tanh_mlp.tanh_mlp_derivatives(big.layers, x, "full")
+    assert entered == [True], "inside parallel blocks the limit is already set"
+    monkeypatch.setattr(batching._busy, "active", False)
+    small = mlp(2, [16, 16], np.float64)
+    tanh_mlp.tanh_mlp_derivatives(small.layers, x[:, :2], "full")
+    assert entered == [True], "small tiles stay on one BLAS thread by themselves"

@@ -99,3 +99,32 @@ class Kernels:
     def time_contract(self, backend, width):
         """Forward mode: ``Σ_r L c R`` over four layers' curvature factor triples."""
         self._run("contract")
+
+
+class TanhMLPKernel:
+    """The fused forward mode of a tanh MLP (``hessarray/engine/tanh_mlp.py``), one block of
+    256 samples: ``k = 4`` inputs, four tanh layers of width ``n``, one output. NumPy only
+    (numba and SciPy); elsewhere, and without them, the benchmark is skipped."""
+
+    params = ([32, 128],)
+    param_names = ["width"]
+
+    def setup(self, width):
+        from hessarray import _fused
+        from hessarray.engine import tanh_mlp
+
+        rng = np.random.default_rng(0)
+        dims = [TANGENTS] + [width] * 4
+        layers = []
+        for a, b in zip(dims[:-1], dims[1:]):
+            layers += [ha.Dense(rng.standard_normal((b, a)) / np.sqrt(a), 0.1 * rng.standard_normal(b)), ha.Tanh()]
+        layers.append(ha.Dense(rng.standard_normal((1, width)) / np.sqrt(width)))
+        self.layers = layers
+        self.x = rng.standard_normal((BATCH, TANGENTS))
+        self.run = tanh_mlp.tanh_mlp_derivatives
+        if not _fused.ENABLED or self.run(layers, self.x, "full") is None:  # also compiles it
+            raise NotImplementedError("the fused tanh-MLP kernel needs numba and SciPy")
+
+    def time_tanh_mlp(self, width):
+        """Values, adjoints, tangents and curvature of all layers, fused per tile."""
+        self.run(self.layers, self.x, "full")

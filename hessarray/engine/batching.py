@@ -41,6 +41,12 @@ _pool_lock = threading.Lock()
 _busy = threading.local()
 
 
+def serial_blas() -> Any:
+    """A context limiting BLAS to one thread for a caller's own small GEMMs, unless this
+    thread already runs under the limit (in, or below, :func:`map_blocks`' parallel blocks)."""
+    return nullcontext() if getattr(_busy, "active", False) else _blas_single_thread()
+
+
 def default_workers() -> int:
     """Threads for block-parallel NumPy work: ``HESSARRAY_THREADS`` or the core count
     (1 without ``threadpoolctl``)."""

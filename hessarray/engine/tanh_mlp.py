@@ -30,6 +30,7 @@ output (or to several, then ``Sum``), the input no wider than the first layer an
 from __future__ import annotations
 
 import importlib.util
+from contextlib import nullcontext
 from typing import Any
 
 import numpy
@@ -38,12 +39,16 @@ from .. import _fused
 from ..layers.dense import Dense
 from ..layers.elementwise import Tanh
 from ..layers.losses import Sum
+from . import batching
 
 #: Samples per tile: a tile's values, adjoints, curvature weights and tangents (k = 2, width 64,
 #: float64: ~200 kB) stay in a core's L2 cache. One thread, PINN-like, 1667 samples, the
 #: adjoint and tangent passes alone (float64 / float32): 32 → 18.0 / 10.2, 64 → 17.9 / 9.3,
 #: 128 → 21.1 / 10.4, 256 → 22.3 / 10.8 ms per 10 000 samples.
 TILE = 64
+
+#: OpenBLAS's GEMM runs on one thread up to this ``M·N·K`` (its ``SMP_THRESHOLD_MIN`` × 4).
+BLAS_THREADED_WORK = 1 << 18
 
 # numba's ``np.dot`` needs SciPy's BLAS; loading it here, at import, also puts its OpenBLAS
 # under the thread limit that block-parallel runs set (threadpoolctl sees the libraries loaded
@@ -107,19 +112,25 @@ def tanh_mlp_derivatives(layers: list, x: Any, part: str) -> tuple[Any, Any, Any
     y = numpy.empty((batch, 1), dtype)
     jac = numpy.empty((batch, 1, d), dtype)
     hess = numpy.empty((batch, 1, d, d), dtype)
-    _tanh_mlp(
-        numpy.ascontiguousarray(x),
-        seeds,
-        biases,
-        tuple(ws),
-        tuple(wts),
-        g_last,
-        b_out,
-        y.reshape(batch),
-        jac.reshape(batch, d),
-        hess.reshape(batch, d, d),
-        TILE,
-    )
+    # OpenBLAS splits a product over its threads from M·N·K > 2¹⁸ on: on a tile that costs
+    # more than it gains (width 128, k = 4, 256 samples: 6.6 against 3.9 ms). Blocks run in
+    # parallel already have one BLAS thread each; a serial call gets the same limit here.
+    rows = d * min(batch, TILE)
+    threaded = any(rows * w.shape[0] * w.shape[1] > BLAS_THREADED_WORK for w in ws)
+    with batching.serial_blas() if threaded else nullcontext():
+        _tanh_mlp(
+            numpy.ascontiguousarray(x),
+            seeds,
+            biases,
+            tuple(ws),
+            tuple(wts),
+            g_last,
+            b_out,
+            y.reshape(batch),
+            jac.reshape(batch, d),
+            hess.reshape(batch, d, d),
+            TILE,
+        )
     if part == "diag":
         return y, jac, numpy.ascontiguousarray(numpy.diagonal(hess, axis1=-2, axis2=-1))
     if part == "trace":
