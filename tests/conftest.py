@@ -36,3 +36,20 @@ def pytest_report_header(config):
 def xp(request) -> Backend:
     """One array backend per test id (``pytest.skip`` for unusable GPU backends)."""
     return make_backend(request.param)
+
+
+@pytest.fixture
+def portable(monkeypatch):
+    """Switch hessarray's fused NumPy kernels off for the duration of a block
+    (``with portable():``); on otherwise, as by default with numba installed."""
+    from hessarray import _fused
+
+    class Off:
+        def __enter__(self):
+            monkeypatch.setattr(_fused, "ENABLED", False)
+
+        def __exit__(self, *exc):
+            monkeypatch.setattr(_fused, "ENABLED", True)
+
+    monkeypatch.setattr(_fused, "ENABLED", True)
+    return Off

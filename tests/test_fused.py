@@ -38,21 +38,6 @@ ACTIVATIONS = {
 }
 
 
-@pytest.fixture
-def portable(monkeypatch):
-    """Switch the fused kernels off for the duration of a block (``with portable():``)."""
-
-    class Off:
-        def __enter__(self):
-            monkeypatch.setattr(_fused, "ENABLED", False)
-
-        def __exit__(self, *exc):
-            monkeypatch.setattr(_fused, "ENABLED", True)
-
-    monkeypatch.setattr(_fused, "ENABLED", True)
-    return Off
-
-
 def _operands(dtype, k, m, batch=7, n=9, seed=0):
     rng = np.random.default_rng(seed)
     z = rng.standard_normal((batch, n)).astype(dtype)

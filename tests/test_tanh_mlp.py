@@ -21,21 +21,6 @@ pytest.importorskip("scipy")
 TOL = {np.float64: 1e-12, np.float32: 2e-4}
 
 
-@pytest.fixture
-def portable(monkeypatch):
-    """Switch the fused kernels off for the duration of a block (``with portable():``)."""
-
-    class Off:
-        def __enter__(self):
-            monkeypatch.setattr(_fused, "ENABLED", False)
-
-        def __exit__(self, *exc):
-            monkeypatch.setattr(_fused, "ENABLED", True)
-
-    monkeypatch.setattr(_fused, "ENABLED", True)
-    return Off
-
-
 def mlp(d, widths, dtype, out=1, bias=True, total=False, seed=0):
     """``Dense d→w₀, Tanh, …, Dense → out`` (then ``Sum`` if ``total``)."""
     rng = np.random.default_rng(seed)
