@@ -29,7 +29,6 @@ output (or to several, then ``Sum``), the input no wider than the first layer an
 
 from __future__ import annotations
 
-import importlib.util
 from contextlib import nullcontext
 from typing import Any
 
@@ -53,9 +52,14 @@ BLAS_THREADED_WORK = 1 << 18
 # numba's ``np.dot`` needs SciPy's BLAS; loading it here, at import, also puts its OpenBLAS
 # under the thread limit that block-parallel runs set (threadpoolctl sees the libraries loaded
 # when its controller is made).
-_HAVE_BLAS = _fused.numba is not None and importlib.util.find_spec("scipy") is not None
-if _HAVE_BLAS:
-    import scipy.linalg.cython_blas  # noqa: F401
+_HAVE_BLAS = False
+if _fused.numba is not None:
+    try:
+        import scipy.linalg.cython_blas  # noqa: F401
+
+        _HAVE_BLAS = True
+    except ImportError:  # pragma: no cover - exercised in a subprocess by the tests
+        pass
 
 
 def _match(layers: list, x: Any) -> tuple[list, Any, list] | None:
