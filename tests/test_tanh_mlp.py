@@ -246,3 +246,24 @@ def test_without_scipy_the_engine_passes_run():
     x = rng.standard_normal((5, 3))
     assert tanh_mlp.tanh_mlp_derivatives(m.layers, x, "full") is not None
     np.testing.assert_allclose(ha.hessian(m, x), plain, rtol=1e-13, atol=1e-15)
+
+
+def test_any_memory_layout(portable):
+    """Fortran-ordered, strided and read-only weights, biases and input (the kernel takes
+    contiguous copies where needed: numba needs every weight and bias of one type)."""
+    rng = np.random.default_rng(9)
+    w1, b1 = np.asfortranarray(rng.standard_normal((6, 2))), rng.standard_normal(12)[::2]
+    w2, b2 = np.asfortranarray(rng.standard_normal((5, 6))), rng.standard_normal((5, 1))
+    w3 = rng.standard_normal((3, 10))[:, ::2]
+    w4, b4 = rng.standard_normal((5, 5)), rng.standard_normal(5)
+    for a in (w2, w4, b4):
+        a.setflags(write=False)  # read-only, as from a memory map
+    layers = [ha.Dense(w1, b1), ha.Tanh(), ha.Dense(w2, b2), ha.Tanh(), ha.Dense(w4, b4), ha.Tanh()]
+    model = ha.Sequential(*layers, ha.Dense(w3), ha.Sum())
+    x = np.asfortranarray(rng.standard_normal((70, 2)))
+    got = tanh_mlp.tanh_mlp_derivatives(model.layers, x, "full")
+    assert got is not None
+    with portable():
+        want = ha.engine.forward_mode(model.layers, x, True)
+    for g, w in zip(got, want):
+        _close(np.asarray(g), np.asarray(w), np.float64)

@@ -87,6 +87,12 @@ def _match(layers: list, x: Any) -> tuple[list, Any, list] | None:
     return hidden, out, body[-1:] + ([layers[-1]] if tail_sum else [])
 
 
+def _plain(a: Any) -> Any:
+    """``a`` as a C-contiguous, writeable array (a copy only where it is not): numba indexes a
+    tuple by a loop variable only if its items share one type, layout and writeability."""
+    return a if a.flags.c_contiguous and a.flags.writeable else numpy.array(a, order="C")
+
+
 def tanh_mlp_derivatives(layers: list, x: Any, part: str) -> tuple[Any, Any, Any] | None:
     """Value ``(B, 1)``, Jacobian ``(B, 1, d)`` and Hessian part (as
     :func:`~hessarray.engine.forward.forward_mode`) of a tanh MLP, or ``None`` where this path
@@ -107,9 +113,11 @@ def tanh_mlp_derivatives(layers: list, x: Any, part: str) -> tuple[Any, Any, Any
     total = len(tail) == 2  # several outputs, then Sum
     g_last = numpy.ascontiguousarray(w_out.sum(axis=0) if total else w_out[0])
     b_out = numpy.zeros(1, dtype) if out._b is None else numpy.reshape(out._b.sum() if total else out._b[0], (1,))
-    biases = tuple(numpy.zeros(dense.weight.shape[0], dtype) if dense._b is None else dense._b for dense in hidden)
-    ws = [numpy.ascontiguousarray(dense.weight) for dense in hidden[1:]]
-    wts = [numpy.ascontiguousarray(dense.weight.T) for dense in hidden[1:]]
+    biases = tuple(
+        _plain(dense._b) if dense._b is not None else numpy.zeros(dense.weight.shape[0], dtype) for dense in hidden
+    )
+    ws = [_plain(dense.weight) for dense in hidden[1:]]
+    wts = [_plain(dense.weight.T) for dense in hidden[1:]]
     if not ws:  # one hidden layer: numba needs a non-empty tuple (never read)
         ws = wts = [g_last.reshape(1, -1)]
     seeds = numpy.ascontiguousarray(hidden[0].weight.T)
