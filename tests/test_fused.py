@@ -261,17 +261,29 @@ def test_environment_switch(value, expected):
     assert out.stdout.strip() == str(expected)
 
 
-def test_without_numba_the_portable_path_runs():
-    """numba is optional: blocked at import, the kernels are off and results are unchanged."""
+# The optional package blocked at import, and what must then hold in that process.
+WITHOUT = {
+    "numba": "assert _fused.numba is None and not _fused.ENABLED\n",
+    "scipy": (  # numba's np.dot needs SciPy: only the tanh-MLP kernel goes
+        "from hessarray.engine import tanh_mlp\n"
+        "assert _fused.ENABLED and not tanh_mlp._HAVE_BLAS\n"
+        "assert tanh_mlp.tanh_mlp_derivatives(m.layers, x, 'full') is None\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("blocked", list(WITHOUT))
+def test_without_optional_packages_the_portable_paths_run(blocked):
+    """numba and SciPy are optional: blocked at import, the kernels that need them are off
+    and the results are unchanged."""
     code = (
-        "import sys; sys.modules['numba'] = None\n"
+        f"import sys; sys.modules[{blocked!r}] = None\n"
         "import numpy as np, hessarray as ha\n"
         "from hessarray import _fused\n"
-        "assert _fused.numba is None and not _fused.ENABLED\n"
         "rng = np.random.default_rng(0)\n"
         "w1, w2 = rng.standard_normal((6, 3)), rng.standard_normal((1, 6))\n"
         "m = ha.Sequential(ha.Dense(w1), ha.Tanh(), ha.Dense(w2), ha.Sum())\n"
-        "np.save(sys.argv[1], ha.hessian(m, rng.standard_normal((5, 3))))\n"
+        "x = rng.standard_normal((5, 3))\n" + WITHOUT[blocked] + "np.save(sys.argv[1], ha.hessian(m, x))\n"
     )
     import tempfile
 

@@ -216,38 +216,6 @@ def test_serial_calls_limit_blas_threads_for_big_tiles(monkeypatch):
     assert entered == [True], "small tiles stay on one BLAS thread by themselves"
 
 
-def test_without_scipy_the_engine_passes_run():
-    """SciPy is optional (numba's ``np.dot`` needs it): blocked at import, this path is off,
-    the other fused kernels stay on, and the results are unchanged."""
-    import os
-    import subprocess
-    import sys
-    import tempfile
-
-    code = (
-        "import sys; sys.modules['scipy'] = None\n"
-        "import numpy as np, hessarray as ha\n"
-        "from hessarray import _fused\n"
-        "from hessarray.engine import tanh_mlp\n"
-        "assert _fused.ENABLED and not tanh_mlp._HAVE_BLAS\n"
-        "rng = np.random.default_rng(0)\n"
-        "w1, w2 = rng.standard_normal((6, 3)), rng.standard_normal((1, 6))\n"
-        "m = ha.Sequential(ha.Dense(w1), ha.Tanh(), ha.Dense(w2), ha.Sum())\n"
-        "x = rng.standard_normal((5, 3))\n"
-        "assert tanh_mlp.tanh_mlp_derivatives(m.layers, x, 'full') is None\n"
-        "np.save(sys.argv[1], ha.hessian(m, x))\n"
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "h.npy")
-        subprocess.run([sys.executable, "-c", code, path], check=True, capture_output=True, text=True)
-        plain = np.load(path, allow_pickle=False)
-    rng = np.random.default_rng(0)
-    m = ha.Sequential(ha.Dense(rng.standard_normal((6, 3))), ha.Tanh(), ha.Dense(rng.standard_normal((1, 6))), ha.Sum())
-    x = rng.standard_normal((5, 3))
-    assert tanh_mlp.tanh_mlp_derivatives(m.layers, x, "full") is not None
-    np.testing.assert_allclose(ha.hessian(m, x), plain, rtol=1e-13, atol=1e-15)
-
-
 def test_any_memory_layout(portable):
     """Fortran-ordered, strided and read-only weights, biases and input (the kernel takes
     contiguous copies where needed: numba needs every weight and bias of one type)."""
