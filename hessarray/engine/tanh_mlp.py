@@ -41,9 +41,10 @@ from ..layers.losses import Sum
 from . import batching
 
 #: Samples per tile: a tile's values, adjoints, curvature weights and tangents (k = 2, width 64,
-#: float64: ~200 kB) stay in a core's L2 cache. One thread, PINN-like, 1667 samples, the
-#: adjoint and tangent passes alone (float64 / float32): 32 → 18.0 / 10.2, 64 → 17.9 / 9.3,
-#: 128 → 21.1 / 10.4, 256 → 22.3 / 10.8 ms per 10 000 samples.
+#: float64: ~200 kB) stay in a core's L2 cache. The whole PINN-like call, two workers
+#: (float64 / float32): 16 → 13.4 / 7.0, 32 → 13.4 / 6.9, 64 → 13.8 / 6.8, 128 → 15.3 / 7.6 ms;
+#: at width 256 (d = 1, 2) 32-128 are within 7 % in float64, and in float32 128 is fastest
+#: (16.3 / 20.2 ms against 19.2 / 22.1 at 64); 16 is the slowest everywhere.
 TILE = 64
 
 #: OpenBLAS's GEMM runs on one thread up to this ``M·N·K`` (its ``SMP_THRESHOLD_MIN`` × 4).
@@ -62,9 +63,9 @@ if _fused.numba is not None:
         pass
 
 
-def _match(layers: list, x: Any) -> tuple[list, Any, list] | None:
-    """``(hidden Dense layers, output Dense, tail layers)`` if ``layers`` is a tanh MLP this
-    path computes exactly for ``x``, else ``None``."""
+def _match(layers: list, x: Any) -> tuple[list, Any, bool] | None:
+    """``(hidden Dense layers, output Dense, whether a Sum follows it)`` if ``layers`` is a
+    tanh MLP this path computes exactly for ``x``, else ``None``."""
     n = len(layers)
     tail_sum = n >= 1 and type(layers[-1]) is Sum
     body = layers[:-1] if tail_sum else layers
@@ -84,10 +85,10 @@ def _match(layers: list, x: Any) -> tuple[list, Any, list] | None:
             return None
         if b is not None and (type(b) is not numpy.ndarray or b.dtype != dtype):
             return None
-    return hidden, out, body[-1:] + ([layers[-1]] if tail_sum else [])
+    return hidden, out, tail_sum
 
 
-def _plain(a: Any) -> Any:
+def _c_array(a: Any) -> Any:
     """``a`` as a C-contiguous, writeable array (a copy only where it is not): numba indexes a
     tuple by a loop variable only if its items share one type, layout and writeability."""
     return a if a.flags.c_contiguous and a.flags.writeable else numpy.array(a, order="C")
@@ -105,19 +106,18 @@ def tanh_mlp_derivatives(layers: list, x: Any, part: str) -> tuple[Any, Any, Any
     matched = _match(layers, x)
     if matched is None:
         return None
-    hidden, out, tail = matched
+    hidden, out, total = matched  # total: several outputs, then Sum
     if d > hidden[0].weight.shape[0]:  # the engine seeds a narrower space there
         return None
     dtype = x.dtype
     w_out = out.weight
-    total = len(tail) == 2  # several outputs, then Sum
     g_last = numpy.ascontiguousarray(w_out.sum(axis=0) if total else w_out[0])
     b_out = numpy.zeros(1, dtype) if out._b is None else numpy.reshape(out._b.sum() if total else out._b[0], (1,))
     biases = tuple(
-        _plain(dense._b) if dense._b is not None else numpy.zeros(dense.weight.shape[0], dtype) for dense in hidden
+        _c_array(dense._b) if dense._b is not None else numpy.zeros(dense.weight.shape[0], dtype) for dense in hidden
     )
-    ws = [_plain(dense.weight) for dense in hidden[1:]]
-    wts = [_plain(dense.weight.T) for dense in hidden[1:]]
+    ws = [_c_array(dense.weight) for dense in hidden[1:]]
+    wts = [_c_array(dense.weight.T) for dense in hidden[1:]]
     if not ws:  # one hidden layer: numba needs a non-empty tuple (never read)
         ws = wts = [g_last.reshape(1, -1)]
     seeds = numpy.ascontiguousarray(hidden[0].weight.T)
