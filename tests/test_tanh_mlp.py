@@ -44,6 +44,8 @@ def _close(got, want, dtype):
 
 CASES = [  # (d, widths, out, total, bias)
     (1, [8], 1, False, True),  # one hidden layer
+    (1, [9, 11, 7], 1, False, True),  # one direction through several layers (the k ≤ 2 loops)
+    (2, [5, 13, 6], 1, False, False),  # two directions, unequal widths, no bias
     (2, [64, 64, 64, 64], 1, True, True),  # the PINN-like benchmark's network
     (3, [5, 7, 4], 1, False, False),  # unequal widths, no bias
     (4, [16, 9], 3, True, True),  # several outputs summed
