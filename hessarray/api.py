@@ -73,10 +73,14 @@ def _per_sample(out: tuple, scalar: bool, single: bool) -> tuple:
     return out
 
 
+def _forward_plan(model, x2, xp, chunk_size):
+    """The forward mode's plan (blocks sized for it unless ``chunk_size`` is given)."""
+    return make_plan(model.layers, x2.shape[0], x2.shape[1], x2, xp, mode="forward", chunk_size=chunk_size)
+
+
 def _blocks(model, x2, xp, chunk_size, fn, *extra) -> tuple:
     """Run ``fn`` (value first) over blocks of ``x2``: forward-mode sized unless given."""
-    p = make_plan(model.layers, x2.shape[0], x2.shape[1], x2, xp, mode="forward", chunk_size=chunk_size)
-    return map_blocks(fn, model.layers, x2, p, ("cat", "cat"), xp, *extra)
+    return map_blocks(fn, model.layers, x2, _forward_plan(model, x2, xp, chunk_size), ("cat", "cat"), xp, *extra)
 
 
 def derivatives(
@@ -248,7 +252,7 @@ def hessian_diagonal(model: Sequential, x: Array, *, chunk_size: int | None = No
     """
     model = _check_model(model)
     xp, x2, single = model.prepare(x)
-    _, diag = _blocks(model, x2, xp, chunk_size, lambda layers, xb: engine.curvature.hessian_part(layers, xb, "diag"))
+    _, diag = engine.input_hessian_part(model.layers, x2, xp, _forward_plan(model, x2, xp, chunk_size), "diag")
     return _per_sample((diag,), model.scalar_output, single)[0]
 
 
@@ -273,7 +277,7 @@ def laplacian(model: Sequential, x: Array, *, chunk_size: int | None = None) -> 
     """
     model = _check_model(model)
     xp, x2, single = model.prepare(x)
-    _, trace = _blocks(model, x2, xp, chunk_size, lambda layers, xb: engine.curvature.hessian_part(layers, xb, "trace"))
+    _, trace = engine.input_hessian_part(model.layers, x2, xp, _forward_plan(model, x2, xp, chunk_size), "trace")
     return _per_sample((trace,), model.scalar_output, single)[0]
 
 

@@ -82,3 +82,46 @@ def test_plan_is_remembered_and_follows_the_thread_setting(monkeypatch):
     assert ha.plan(model, x).workers == 1
     assert ha.plan(model, x.astype(np.float32)) is not first  # another dtype, another plan
     assert ha.plan(model, x, mode="reverse").mode == "reverse"
+
+
+def test_run_shared_runs_on_the_caller_and_the_pool_at_once():
+    """``run_shared(fn, n)``: n calls at the same time (a barrier of n passes), one on the
+    caller's thread, BLAS at one thread in each; a nested call runs once, on its own thread."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from hessarray.engine import batching
+
+    names, blas, lock = [], [], threading.Lock()
+    barrier = threading.Barrier(3, timeout=30)
+
+    def fn():
+        with lock:
+            names.append(threading.current_thread().name)
+            blas.extend(lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas")
+        barrier.wait()
+
+    batching.run_shared(fn, 3)
+    me = threading.current_thread().name
+    assert len(names) == 3 and names.count(me) == 1
+    assert all(name.startswith("hessarray") for name in names if name != me)
+    assert blas and set(blas) == {1}
+
+    inner: list[str] = []
+    batching.run_shared(lambda: batching.run_shared(lambda: inner.append(threading.current_thread().name), 2), 2)
+    assert len(inner) == 2 and len(set(inner)) == 2  # each outer call ran the inner one itself
+
+
+def test_run_shared_waits_for_the_pool_when_the_caller_raises():
+    from hessarray.engine import batching
+
+    done = []
+
+    def fn():
+        if threading.current_thread() is threading.main_thread():
+            raise ValueError("caller")
+        threading.Event().wait(0.2)
+        done.append(True)
+
+    with pytest.raises(ValueError, match="caller"):
+        batching.run_shared(fn, 2)
+    assert done == [True]
+    assert not getattr(batching._busy, "active", False)

@@ -8,6 +8,8 @@ does not apply.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -216,6 +218,47 @@ def test_serial_calls_limit_blas_threads_for_big_tiles(monkeypatch):
     small = mlp(2, [16, 16], np.float64)
     tanh_mlp.tanh_mlp_derivatives(small.layers, x[:, :2], "full")
     assert entered == [True], "small tiles stay on one BLAS thread by themselves"
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("batch", [1, tanh_mlp.TILE + 1, 7 * tanh_mlp.TILE - 3])
+@pytest.mark.parametrize("workers", [2, 3, 8])
+def test_threads_sharing_the_tiles_give_the_serial_result(batch, workers, dtype):
+    """Threads claim tiles from one counter: every tile once, whichever thread takes it (the
+    tiles are independent, so the result is the serial one bit for bit)."""
+    model = mlp(3, [20, 17, 20], dtype, out=2, total=True)
+    x = np.random.default_rng(10).standard_normal((batch, 3)).astype(dtype)
+    serial = tanh_mlp.tanh_mlp_derivatives(model.layers, x, "full", workers=1)
+    for _ in range(3):  # the order in which threads claim tiles varies from run to run
+        shared = tanh_mlp.tanh_mlp_derivatives(model.layers, x, "full", workers=workers)
+        for a, b in zip(serial, shared):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_public_calls_share_tiles_on_the_pool(monkeypatch):
+    """One kernel call per thread on the whole batch (not per block), on the caller's thread
+    and the pool's, for the full Hessian, its diagonal and the Laplacian."""
+    threads = []
+    kernel = tanh_mlp._tanh_mlp
+
+    def recording(*args):
+        threads.append(threading.current_thread().name)
+        return kernel(*args)
+
+    monkeypatch.setattr(tanh_mlp, "_tanh_mlp", recording)
+    monkeypatch.setenv("HESSARRAY_THREADS", "2")
+    model = mlp(2, [16, 16], np.float64)
+    x = np.random.default_rng(11).standard_normal((5000, 2))
+    for call in (ha.derivatives, ha.hessian_diagonal, ha.laplacian):
+        threads.clear()
+        call(model, x)
+        me = threading.current_thread().name
+        assert len(threads) == 2 and threads.count(me) == 1, threads
+        assert next(name for name in threads if name != me).startswith("hessarray"), threads
+    monkeypatch.setenv("HESSARRAY_THREADS", "1")
+    threads.clear()
+    ha.derivatives(model, x)
+    assert threads == [threading.current_thread().name]
 
 
 def test_any_memory_layout(portable):

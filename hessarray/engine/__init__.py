@@ -17,12 +17,17 @@ from .forward import forward_mode
 from .params import parameter_derivatives
 from .plan import Plan, make_plan
 from .reverse import reverse_mode
+from .tanh_mlp import tanh_mlp_derivatives
 
-__all__ = ["Plan", "batching", "curvature", "input_derivatives", "make_plan", "param_derivatives"]
+__all__ = ["Plan", "batching", "curvature", "input_derivatives", "input_hessian_part", "make_plan", "param_derivatives"]
 
 
 def input_derivatives(layers: list[Layer], x: Any, xp: Any, plan: Plan, hessian: bool) -> tuple:
     """Value ``(B, m)``, Jacobian ``(B, m, d)`` and Hessian ``(B, m, d, d)`` (or ``None``)."""
+    if hessian and plan.mode == "forward":
+        fused = tanh_mlp_derivatives(layers, x, "full", plan.workers)
+        if fused is not None:
+            return fused
     run = forward_mode if plan.mode == "forward" else reverse_mode
     return map_blocks(
         lambda block, xb: run(block, xb, hessian),
@@ -32,6 +37,15 @@ def input_derivatives(layers: list[Layer], x: Any, xp: Any, plan: Plan, hessian:
         ("cat", "cat", "cat" if hessian else "none"),
         xp,
     )
+
+
+def input_hessian_part(layers: list[Layer], x: Any, xp: Any, plan: Plan, part: str) -> tuple:
+    """Value ``(B, m)`` and the Hessian's diagonal ``(B, m, d)`` (``part="diag"``) or trace
+    ``(B, m)`` (``part="trace"``), by the forward mode."""
+    fused = tanh_mlp_derivatives(layers, x, part, plan.workers)
+    if fused is not None:
+        return fused[0], fused[2]
+    return map_blocks(lambda block, xb: curvature.hessian_part(block, xb, part), layers, x, plan, ("cat", "cat"), xp)
 
 
 def param_derivatives(

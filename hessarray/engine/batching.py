@@ -123,6 +123,37 @@ def map_blocks(
     return tuple(out)
 
 
+def run_shared(fn: Callable[[], Any], workers: int) -> None:
+    """Call ``fn()`` on ``workers`` threads at once, the caller's and ``workers - 1`` of the
+    pool, BLAS limited to one thread, and return when every call has returned.
+
+    For work that the calls share out among themselves (tiles claimed from a shared counter,
+    see :mod:`.tanh_mlp`): a core that is slowed down, or a thread that starts late, then takes
+    fewer tiles instead of holding up the others. Below a pool thread (or with one worker)
+    ``fn`` runs once, on this thread, with BLAS as the caller left it.
+    """
+    if workers <= 1 or getattr(_busy, "active", False):
+        fn()
+        return
+
+    def run_on_pool() -> None:
+        _busy.active = True
+        fn()
+
+    limit = _blas_single_thread()
+    _busy.active = True
+    try:
+        with limit:
+            futures = [_executor(workers).submit(run_on_pool) for _ in range(workers - 1)]
+            try:
+                fn()
+            finally:
+                for future in futures:
+                    future.result()
+    finally:
+        _busy.active = False
+
+
 def check_same_backend(x: Any, other: Any, name: str) -> None:
     """``TypeError`` unless ``other`` is an array of ``x``'s library on ``x``'s device."""
     from .._backend import check_inputs

@@ -19,7 +19,6 @@ import numpy
 
 from .._backend import array_namespace, device, diag_embed, identity, matmul_last, repeat_view, symmetrize
 from ..layers.base import Contracted, Layer, adjoints, forward_chain
-from .tanh_mlp import tanh_mlp_derivatives
 
 
 def identity_seed(xp: Any, batch: int, n: int, like: Any) -> Any:
@@ -126,10 +125,6 @@ def forward_mode(layers: list[Layer], x: Any, hessian: bool, part: str = "full")
     ``S H Sᵀ``, two matrix products over all samples.
     """
     xp = array_namespace(x)
-    if xp is numpy and hessian:  # NumPy fast path: a tanh MLP, fused over tiles of samples
-        fused = tanh_mlp_derivatives(layers, x, part)
-        if fused is not None:
-            return fused
     batch, d = x.shape
     steps, y = forward_chain(layers, x)
     m = y.shape[1]

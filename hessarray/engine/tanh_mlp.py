@@ -95,10 +95,13 @@ def _c_array(a: Any) -> Any:
     return a if a.flags.c_contiguous and a.flags.writeable else numpy.array(a, order="C")
 
 
-def tanh_mlp_derivatives(layers: list, x: Any, part: str) -> tuple[Any, Any, Any] | None:
+def tanh_mlp_derivatives(layers: list, x: Any, part: str, workers: int = 1) -> tuple[Any, Any, Any] | None:
     """Value ``(B, 1)``, Jacobian ``(B, 1, d)`` and Hessian part (as
     :func:`~hessarray.engine.forward.forward_mode`) of a tanh MLP, or ``None`` where this path
-    does not apply."""
+    does not apply.
+
+    The batch's tiles are shared out among ``workers`` threads as they go (each call of the
+    kernel claims the next tile from a shared counter; :func:`.batching.run_shared`)."""
     if not (_HAVE_BLAS and _fused.ENABLED and type(x) is numpy.ndarray and x.ndim == 2):
         return None
     batch, d = x.shape
@@ -125,25 +128,31 @@ def tanh_mlp_derivatives(layers: list, x: Any, part: str) -> tuple[Any, Any, Any
     y = numpy.empty((batch, 1), dtype)
     jac = numpy.empty((batch, 1, d), dtype)
     hess = numpy.empty((batch, 1, d, d), dtype)
-    # OpenBLAS splits a product over its threads from M·N·K > 2¹⁸ on: on a tile that costs
-    # more than it gains (width 128, k = 4, 256 samples: 6.6 against 3.9 ms). Blocks run in
-    # parallel already have one BLAS thread each; a serial call gets the same limit here.
-    rows = d * min(batch, TILE)
-    threaded = any(rows * w.shape[0] * w.shape[1] > BLAS_THREADED_WORK for w in ws)
-    with batching.serial_blas() if threaded else nullcontext():
-        _tanh_mlp(
-            numpy.ascontiguousarray(x),
-            seeds,
-            biases,
-            tuple(ws),
-            tuple(wts),
-            g_last,
-            b_out,
-            y.reshape(batch),
-            jac.reshape(batch, d),
-            hess.reshape(batch, d, d),
-            TILE,
-        )
+    args = (
+        numpy.ascontiguousarray(x),
+        seeds,
+        biases,
+        tuple(ws),
+        tuple(wts),
+        g_last,
+        b_out,
+        y.reshape(batch),
+        jac.reshape(batch, d),
+        hess.reshape(batch, d, d),
+        TILE,
+        numpy.zeros(1, numpy.int64),  # the next tile's first sample
+    )
+    workers = min(workers, -(-batch // TILE))
+    if workers > 1:
+        batching.run_shared(lambda: _tanh_mlp(*args), workers)
+    else:
+        # OpenBLAS splits a product over its threads from M·N·K > 2¹⁸ on: on a tile that
+        # costs more than it gains (width 128, k = 4, 256 samples: 6.6 against 3.9 ms). Work
+        # run on several threads has one BLAS thread each; a serial call gets that here too.
+        rows = d * min(batch, TILE)
+        threaded = any(rows * w.shape[0] * w.shape[1] > BLAS_THREADED_WORK for w in ws)
+        with batching.serial_blas() if threaded else nullcontext():
+            _tanh_mlp(*args)
     if part == "diag":
         return y, jac, numpy.ascontiguousarray(numpy.diagonal(hess, axis1=-2, axis2=-1))
     if part == "trace":
@@ -176,6 +185,22 @@ if _HAVE_BLAS:
             return builder.bitcast(args[0], ty)
 
         return sig, codegen
+
+    @intrinsic
+    def _claim(typingctx, counter, step):  # pragma: no cover - compiled
+        """``counter[0] += step`` as one atomic operation; the value before (the threads that
+        run the kernel on one batch take its tiles from one counter)."""
+        if not (isinstance(counter, nbtypes.Array) and counter.dtype == nbtypes.int64):
+            return None
+
+        def codegen(context, builder, signature, args):
+            data = context.make_array(signature.args[0])(context, builder, args[0]).data
+            step = context.cast(builder, args[1], signature.args[1], nbtypes.int64)
+            # "monotonic": only the counter is shared; the tiles' outputs are disjoint, and the
+            # threads are joined before they are read.
+            return builder.atomic_rmw("add", data, step, "monotonic")
+
+        return nbtypes.int64(counter, step), codegen
 
     # tanh(x) = -expm1(-2|x|) / (2 + expm1(-2|x|)) with the sign of x. expm1(y), y = n ln2 + r,
     # |r| ≤ ln2/2, is 2ⁿ expm1(r) + (2ⁿ - 1): expm1(r) by its Taylor series (degree 13 in
@@ -241,10 +266,11 @@ if _HAVE_BLAS:
         _tanh_rows(z, bias)
 
     @_jit
-    def _tanh_mlp(x, seeds, biases, ws, wts, g_last, b_out, y, jac, hess, tile):  # pragma: no cover - compiled
+    def _tanh_mlp(x, seeds, biases, ws, wts, g_last, b_out, y, jac, hess, tile, counter):  # pragma: no cover
         # x (B, k); seeds: the first weight's transpose (k, n_0); biases[l] (n_l,); ws[l-1] /
         # wts[l-1]: the weight (n_l, n_{l-1}) into hidden layer l and its transpose, both
-        # C-contiguous; g_last: the output's gradient at the last tanh (n,); b_out: its bias.
+        # C-contiguous; g_last: the output's gradient at the last tanh (n,); b_out: its bias;
+        # counter (1,): the first sample not yet claimed by a thread running this on the batch.
         # Per tile: values forward, adjoints back, tangents forward with the curvature.
         nl = len(biases)
         batch = x.shape[0]
@@ -270,7 +296,10 @@ if _HAVE_BLAS:
         s00 = s0 * s0  # the first layer's u_i u_j, the same for every sample
         s01 = s0 * s1
         s11 = s1 * s1
-        for r0 in range(0, batch, tile):
+        while True:  # the next unclaimed tile, until none is left
+            r0 = _claim(counter, tile)
+            if r0 >= batch:
+                break
             nt = min(tile, batch - r0)
             # Values forward: the first layer (k inputs) in a loop, then one GEMM per layer.
             n = biases[0].shape[0]
