@@ -3,17 +3,19 @@
 For ``dense, tanh, (dense, tanh)…, dense → 1 output`` the engine's passes are, per hidden
 layer and block, about ten NumPy operations over ``(B, n)`` arrays (the product, the bias,
 tanh, its derivatives, the adjoint's pull, the tangents' push, the curvature), each reading
-and writing memory the size of the block. Here one compiled call runs the whole block, tile
-by tile: per tile, the values forward, the adjoints back and the tangents forward, each
-layer's GEMM by BLAS (numba's ``np.dot``) and its elementwise work in loops over the tile, so
-that a tile's operands stay in the core's cache between the GEMM and the loop that reads its
-result.
+and writing memory the size of the block. Here one compiled call per thread runs the whole
+batch, tile by tile, each call taking the next tile from a shared counter: per tile, the
+values forward, the adjoints back and the tangents forward, each layer's GEMM by BLAS
+(numba's ``np.dot``) and its elementwise work in loops over the tile, so that a tile's
+operands stay in the core's cache between the GEMM and the loop that reads its result.
 
-Counted on the PINN-like benchmark (d = 2, width 64, depth 4, float64): the GEMMs are the
-engine's, 1.03 GFLOP per 10 000 samples; the elementwise work drops from about 17 passes over
-a ``(B, n)`` array per hidden layer, most of them out of cache, to about 8 over a tile in L2
-(φ' recomputed from tanh where needed instead of stored). Measured on one thread: 43 against
-25 ms per call in float64, 19.7 against 12.8 ms in float32.
+Counted on the PINN-like benchmark (d = 2, width 64, depth 4): the GEMMs are the engine's,
+1.03 GFLOP per 10 000 samples; the elementwise work drops from about 17 passes over a
+``(B, n)`` array per hidden layer, most of them out of cache, to 4 over a tile in L2 (φ'
+recomputed from tanh where needed instead of stored; with more than two input directions,
+about 8). Measured on one thread: 43 against 23.6 ms per call in float64, 19.7 against
+11.5 ms in float32, of which the GEMMs take about 9 ms (108-114 GFLOP/s; the core's FMA peak
+is about 118), tanh 1.1 ms and the other loops 1.3 ms.
 
 tanh is the kernel's own (:func:`tanh_rows`): numba's calls the scalar C library function
 (~20× slower than NumPy's vectorized loop); this one vectorizes: on a 64 × 64 tile, 0.99 ns
@@ -41,11 +43,11 @@ from ..layers.elementwise import Tanh
 from ..layers.losses import Sum
 from . import batching
 
-#: Samples per tile: a tile's values, adjoints, curvature weights and tangents (k = 2, width 64,
-#: float64: ~200 kB) stay in a core's L2 cache. The whole PINN-like call, two workers
-#: (float64 / float32): 16 → 13.4 / 7.0, 32 → 13.4 / 6.9, 64 → 13.8 / 6.8, 128 → 15.3 / 7.6 ms;
-#: at width 256 (d = 1, 2) 32-128 are within 7 % in float64, and in float32 128 is fastest
-#: (16.3 / 20.2 ms against 19.2 / 22.1 at 64); 16 is the slowest everywhere.
+#: Samples per tile: a tile's values, adjoints and tangents (k = 2, width 64, float64: ~200 kB)
+#: stay in a core's L2 cache. Whole calls, two threads, float64 / float32 (tiles of 32, 64, 96,
+#: 128): PINN-like 11.7, 11.6, 11.6, 12.9 / 5.9, 5.9, 5.8, 6.3 ms; d = 10, width 256 (tiles of
+#: 32-256) within 8 % / 4 %, 64 within 1.3 % / 0.6 % of the fastest; d = 20, width 64: 32
+#: 5-6 % faster than 64; d = 2, width 256, float32: 128 fastest (18.4 against 19.6 ms at 64).
 TILE = 64
 
 #: OpenBLAS's GEMM runs on one thread up to this ``M·N·K`` (its ``SMP_THRESHOLD_MIN`` × 4).
