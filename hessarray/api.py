@@ -113,6 +113,7 @@ def derivatives(
         With ``wrt``, keep the batch and output axes in front instead of summing them.
     chunk_size : int, optional
         Samples per block (default: cache-sized blocks on CPUs, the whole batch elsewhere).
+        The NumPy tanh-MLP fast path works in tiles of its own and needs no blocks.
 
     Returns
     -------

@@ -102,7 +102,7 @@ class Kernels:
 
 
 class TanhMLPKernel:
-    """The fused forward mode of a tanh MLP (``hessarray/engine/tanh_mlp.py``), one block of
+    """The fused forward mode of a tanh MLP (``hessarray/engine/tanh_mlp.py``) on one thread,
     256 samples: ``k = 4`` inputs, four tanh layers of width ``n``, one output. NumPy only
     (numba and SciPy); elsewhere, and without them, the benchmark is skipped."""
 
