@@ -53,3 +53,49 @@ def portable(monkeypatch):
 
     monkeypatch.setattr(_fused, "ENABLED", True)
     return Off
+
+
+@pytest.fixture
+def matches_portable(portable):
+    """``check(fast, model, x, tol)``: a compiled whole-network path ``fast(layers, x, part)``
+    gives the portable forward mode's value, Jacobian and Hessian part for every part, each
+    within ``tol · max(1, max|expected|)``, of the same shape and dtype, and a Hessian whose
+    two halves are written alike."""
+    import numpy as np
+    from reference import assert_close
+
+    import hessarray as ha
+
+    def check(fast, model, x, tol):
+        for part in ("full", "diag", "trace"):
+            got = fast(model.layers, x, part)
+            assert got is not None, "the compiled path applies"
+            with portable():
+                want = ha.engine.forward_mode(model.layers, x, True, part=part)
+            for g, w in zip(got, want):
+                assert g.shape == w.shape and g.dtype == w.dtype
+                assert_close(g, w, tol)
+        h = fast(model.layers, x, "full")[2]
+        np.testing.assert_array_equal(h, np.swapaxes(h, -1, -2))
+
+    return check
+
+
+@pytest.fixture
+def kernel_threads(monkeypatch):
+    """``names = kernel_threads(module, "kernel")``: from then on, the name of each thread that
+    calls ``module.kernel`` is appended to the list ``names``."""
+    import threading
+
+    def record(module, name):
+        names: list[str] = []
+        kernel = getattr(module, name)
+
+        def recording(*args):
+            names.append(threading.current_thread().name)
+            return kernel(*args)
+
+        monkeypatch.setattr(module, name, recording)
+        return names
+
+    return record

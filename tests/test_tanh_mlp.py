@@ -59,18 +59,10 @@ CASES = [  # (d, widths, out, total, bias)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
 @pytest.mark.parametrize("batch", [1, tanh_mlp.TILE - 1, tanh_mlp.TILE, 2 * tanh_mlp.TILE + 5])
 @pytest.mark.parametrize(("d", "widths", "out", "total", "bias"), CASES)
-def test_matches_portable_passes(portable, d, widths, out, total, bias, batch, dtype):
+def test_matches_portable_passes(matches_portable, d, widths, out, total, bias, batch, dtype):
     model = mlp(d, widths, dtype, out=out, bias=bias, total=total)
     x = np.random.default_rng(1).standard_normal((batch, d)).astype(dtype)
-    for part in ("full", "diag", "trace"):
-        got = tanh_mlp.tanh_mlp_derivatives(model.layers, x, part)
-        assert got is not None, "a tanh MLP takes the fused path"
-        with portable():
-            want = ha.engine.forward_mode(model.layers, x, True, part=part)
-        for g, w in zip(got, want):
-            _close(np.asarray(g), np.asarray(w), dtype)
-    h = tanh_mlp.tanh_mlp_derivatives(model.layers, x, "full")[2]
-    np.testing.assert_array_equal(h, np.swapaxes(h, -1, -2))  # both halves written
+    matches_portable(tanh_mlp.tanh_mlp_derivatives, model, x, TOL[dtype])
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
@@ -235,17 +227,10 @@ def test_threads_sharing_the_tiles_give_the_serial_result(batch, workers, dtype)
             np.testing.assert_array_equal(a, b)
 
 
-def test_public_calls_share_tiles_on_the_pool(monkeypatch):
+def test_public_calls_share_tiles_on_the_pool(monkeypatch, kernel_threads):
     """One kernel call per thread on the whole batch (not per block), on the caller's thread
     and the pool's, for the full Hessian, its diagonal and the Laplacian."""
-    threads = []
-    kernel = tanh_mlp._tanh_mlp
-
-    def recording(*args):
-        threads.append(threading.current_thread().name)
-        return kernel(*args)
-
-    monkeypatch.setattr(tanh_mlp, "_tanh_mlp", recording)
+    threads = kernel_threads(tanh_mlp, "_tanh_mlp")
     monkeypatch.setenv("HESSARRAY_THREADS", "2")
     model = mlp(2, [16, 16], np.float64)
     x = np.random.default_rng(11).standard_normal((5000, 2))

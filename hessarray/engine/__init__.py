@@ -1,8 +1,9 @@
 """How derivatives flow through a chain of layers: planning, the two modes, parameters.
 
 The engine talks to layers only through the contract of :mod:`hessarray.layers.base`, with
-one exception: :mod:`.tanh_mlp`, a NumPy fast path, recognizes ``Dense``, ``Tanh`` and ``Sum``
-by type and reads their weights.
+two exceptions, NumPy fast paths that recognize layers by type and read their weights:
+:mod:`.tanh_mlp` (``Dense``, ``Tanh`` and ``Sum``) and :mod:`.tanh_resnet` (those, ``LogCosh``
+and ``Residual``).
 """
 
 from __future__ import annotations
@@ -18,14 +19,22 @@ from .params import parameter_derivatives
 from .plan import Plan, make_plan
 from .reverse import reverse_mode
 from .tanh_mlp import tanh_mlp_derivatives
+from .tanh_resnet import tanh_resnet_derivatives
 
 __all__ = ["Plan", "batching", "curvature", "input_derivatives", "input_hessian_part", "make_plan", "param_derivatives"]
+
+
+def _whole_network(layers: list[Layer], x: Any, part: str, workers: int) -> tuple | None:
+    """The forward mode by one compiled call for the whole network, where one applies (a tanh
+    MLP or a residual tanh network on NumPy), else ``None``."""
+    found = tanh_mlp_derivatives(layers, x, part, workers)
+    return found if found is not None else tanh_resnet_derivatives(layers, x, part, workers)
 
 
 def input_derivatives(layers: list[Layer], x: Any, xp: Any, plan: Plan, hessian: bool) -> tuple:
     """Value ``(B, m)``, Jacobian ``(B, m, d)`` and Hessian ``(B, m, d, d)`` (or ``None``)."""
     if hessian and plan.mode == "forward":
-        fused = tanh_mlp_derivatives(layers, x, "full", plan.workers)
+        fused = _whole_network(layers, x, "full", plan.workers)
         if fused is not None:
             return fused
     run = forward_mode if plan.mode == "forward" else reverse_mode
@@ -42,7 +51,7 @@ def input_derivatives(layers: list[Layer], x: Any, xp: Any, plan: Plan, hessian:
 def input_hessian_part(layers: list[Layer], x: Any, xp: Any, plan: Plan, part: str) -> tuple:
     """Value ``(B, m)`` and the Hessian's diagonal ``(B, m, d)`` (``part="diag"``) or trace
     ``(B, m)`` (``part="trace"``), by the forward mode."""
-    fused = tanh_mlp_derivatives(layers, x, part, plan.workers)
+    fused = _whole_network(layers, x, part, plan.workers)
     if fused is not None:
         return fused[0], fused[2]
     return map_blocks(lambda block, xb: curvature.hessian_part(block, xb, part), layers, x, plan, ("cat", "cat"), xp)

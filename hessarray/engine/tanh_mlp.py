@@ -97,6 +97,16 @@ def _c_array(a: Any) -> Any:
     return a if a.flags.c_contiguous and a.flags.writeable else numpy.array(a, order="C")
 
 
+def _outputs(out: Dense, total: bool, batch: int, k: int, dtype: Any) -> tuple:
+    """The output layer's gradient ``(n,)`` and bias ``(1,)`` as the kernels take them (summed
+    over the outputs if ``total``), and the value, Jacobian and Hessian arrays they fill."""
+    w, b = out.weight, out._b
+    g_last = numpy.ascontiguousarray(w.sum(axis=0) if total else w[0])
+    b_out = numpy.zeros(1, dtype) if b is None else numpy.reshape(b.sum() if total else b[0], (1,))
+    y = numpy.empty((batch, 1), dtype)
+    return g_last, b_out, y, numpy.empty((batch, 1, k), dtype), numpy.empty((batch, 1, k, k), dtype)
+
+
 def tanh_mlp_derivatives(layers: list, x: Any, part: str, workers: int = 1) -> tuple[Any, Any, Any] | None:
     """Value ``(B, 1)``, Jacobian ``(B, 1, d)`` and Hessian part (as
     :func:`~hessarray.engine.forward.forward_mode`) of a tanh MLP, or ``None`` where this path
@@ -116,9 +126,7 @@ def tanh_mlp_derivatives(layers: list, x: Any, part: str, workers: int = 1) -> t
     if d > hidden[0].weight.shape[0]:  # the engine seeds a narrower space there
         return None
     dtype = x.dtype
-    w_out = out.weight
-    g_last = numpy.ascontiguousarray(w_out.sum(axis=0) if total else w_out[0])
-    b_out = numpy.zeros(1, dtype) if out._b is None else numpy.reshape(out._b.sum() if total else out._b[0], (1,))
+    g_last, b_out, y, jac, hess = _outputs(out, total, batch, d, dtype)
     biases = tuple(
         _c_array(dense._b) if dense._b is not None else numpy.zeros(dense.weight.shape[0], dtype) for dense in hidden
     )
@@ -127,9 +135,6 @@ def tanh_mlp_derivatives(layers: list, x: Any, part: str, workers: int = 1) -> t
     if not ws:  # one hidden layer: numba needs a non-empty tuple (never read)
         ws = wts = [g_last.reshape(1, -1)]
     seeds = numpy.ascontiguousarray(hidden[0].weight.T)
-    y = numpy.empty((batch, 1), dtype)
-    jac = numpy.empty((batch, 1, d), dtype)
-    hess = numpy.empty((batch, 1, d, d), dtype)
     args = (
         numpy.ascontiguousarray(x),
         seeds,
@@ -267,6 +272,81 @@ if _HAVE_BLAS:
         ``bias`` ``(n,)`` or None: the kernel's tanh, callable from Python (for the tests)."""
         _tanh_rows(z, bias)
 
+    # The kernels' shared steps over one tile of nt samples and n units; tangents (k, nt, n).
+
+    @_jit
+    def first_layer(x, r0, w_t, bias, z):  # pragma: no cover - compiled
+        """``z ← x[r0 : r0 + nt] w_t + bias`` for ``x`` (B, k), ``w_t`` (k, n), ``z`` (nt, n)."""
+        for b in range(z.shape[0]):
+            for r in range(z.shape[1]):
+                z[b, r] = bias[r]
+            for i in range(w_t.shape[0]):
+                xi = x[r0 + b, i]
+                for r in range(z.shape[1]):
+                    z[b, r] += xi * w_t[i, r]
+
+    @_jit
+    def push_seeds(d1, c, seeds, t, cu, h, nt, n):  # pragma: no cover - compiled
+        """Tangents ``t_i = φ' s_i`` from ``seeds`` (k, n), the same for every sample, and the
+        curvature ``h[b, i, j] += Σ_r c[b, r] s_ir s_jr`` (``cu``: scratch)."""
+        k = seeds.shape[0]
+        zero = d1.dtype.type(0)
+        for i in range(k):
+            ti = t[i * nt * n : (i + 1) * nt * n]
+            for b in range(nt):
+                for r in range(n):
+                    ti[b * n + r] = d1[b * n + r] * seeds[i, r]
+                    cu[b * n + r] = c[b * n + r] * seeds[i, r]
+            for j in range(i, k):
+                for b in range(nt):
+                    acc = zero
+                    for r in range(n):
+                        acc += cu[b * n + r] * seeds[j, r]
+                    h[b, i, j] += acc
+
+    @_jit
+    def push_tangents(u, d1, c, t, cu, h, nt, n, skip):  # pragma: no cover - compiled
+        """Tangents ``t_i = φ' u_i`` (``skip``: ``t_i += φ' u_i``, a residual block) from the
+        pre-activation's ``u`` (k, nt, n), and the curvature ``h[b, i, j] += Σ_r c u_ir u_jr``."""
+        k = h.shape[1]
+        zero = d1.dtype.type(0)
+        for i in range(k):
+            ui = u[i * nt * n : (i + 1) * nt * n]
+            ti = t[i * nt * n : (i + 1) * nt * n]
+            if skip:
+                for q in range(nt * n):
+                    cu[q] = c[q] * ui[q]
+                    ti[q] += d1[q] * ui[q]
+            else:
+                for q in range(nt * n):
+                    cu[q] = c[q] * ui[q]
+                    ti[q] = d1[q] * ui[q]
+            for j in range(i, k):
+                uj = u[j * nt * n : (j + 1) * nt * n]
+                for b in range(nt):
+                    acc = zero
+                    for r in range(n):
+                        acc += cu[b * n + r] * uj[b * n + r]
+                    h[b, i, j] += acc
+
+    @_jit
+    def jacobian_and_mirror(t, g_last, jac, r0, h, nt, n):  # pragma: no cover - compiled
+        """``jac[r0 + b, i] = Σ_r t_i[b, r] g_last[r]``, and ``h``'s lower triangle from its
+        upper one."""
+        k = h.shape[1]
+        zero = t.dtype.type(0)
+        for i in range(k):
+            ti = t[i * nt * n : (i + 1) * nt * n]
+            for b in range(nt):
+                acc = zero
+                for r in range(n):
+                    acc += ti[b * n + r] * g_last[r]
+                jac[r0 + b, i] = acc
+        for b in range(nt):
+            for i in range(k):
+                for j in range(i):
+                    h[b, i, j] = h[b, j, i]
+
     @_jit
     def _tanh_mlp(x, seeds, biases, ws, wts, g_last, b_out, y, jac, hess, tile, counter):  # pragma: no cover
         # x (B, k); seeds: the first weight's transpose (k, n_0); biases[l] (n_l,); ws[l-1] /
@@ -306,13 +386,7 @@ if _HAVE_BLAS:
             # Values forward: the first layer (k inputs) in a loop, then one GEMM per layer.
             n = biases[0].shape[0]
             z = fs[0, : nt * n].reshape((nt, n))
-            for b in range(nt):
-                for r in range(n):
-                    z[b, r] = biases[0][r]
-                for i in range(k):
-                    xi = x[r0 + b, i]
-                    for r in range(n):
-                        z[b, r] += xi * seeds[i, r]
+            first_layer(x, r0, seeds, biases[0], z)
             _tanh_rows(z, None)
             for l in range(1, nl):
                 m = n
@@ -377,18 +451,7 @@ if _HAVE_BLAS:
                     v = ff[q]
                     dv[q] = one - v * v
                     cb[q] = m2 * v * gzl[q]
-                for i in range(k):
-                    ti = t[i * nt * n : (i + 1) * nt * n]
-                    for b in range(nt):
-                        for r in range(n):
-                            ti[b * n + r] = dv[b * n + r] * seeds[i, r]
-                            cu[b * n + r] = cb[b * n + r] * seeds[i, r]
-                    for j in range(i, k):
-                        for b in range(nt):
-                            acc = zero
-                            for r in range(n):
-                                acc += cu[b * n + r] * seeds[j, r]
-                            h[b, i, j] += acc
+                push_seeds(dv, cb, seeds, t, cu, h, nt, n)
             for l in range(1, nl):
                 m = n
                 n = biases[l].shape[0]
@@ -429,28 +492,5 @@ if _HAVE_BLAS:
                     v = ff[q]
                     dv[q] = one - v * v
                     cb[q] = m2 * v * gzl[q]
-                for i in range(k):
-                    ui = u[i * nt * n : (i + 1) * nt * n]
-                    ti = t[i * nt * n : (i + 1) * nt * n]
-                    for q in range(nt * n):
-                        w_ = ui[q]
-                        cu[q] = cb[q] * w_
-                        ti[q] = dv[q] * w_
-                    for j in range(i, k):
-                        uj = u[j * nt * n : (j + 1) * nt * n]
-                        for b in range(nt):
-                            acc = zero
-                            for r in range(n):
-                                acc += cu[b * n + r] * uj[b * n + r]
-                            h[b, i, j] += acc
-            for i in range(k):
-                ti = t[i * nt * n : (i + 1) * nt * n]
-                for b in range(nt):
-                    acc = zero
-                    for r in range(n):
-                        acc += ti[b * n + r] * g_last[r]
-                    jac[r0 + b, i] = acc
-            for b in range(nt):
-                for i in range(k):
-                    for j in range(i):
-                        h[b, i, j] = h[b, j, i]
+                push_tangents(u, dv, cb, t, cu, h, nt, n, False)
+            jacobian_and_mirror(t, g_last, jac, r0, h, nt, n)
