@@ -113,7 +113,8 @@ def derivatives(
         With ``wrt``, keep the batch and output axes in front instead of summing them.
     chunk_size : int, optional
         Samples per block (default: cache-sized blocks on CPUs, the whole batch elsewhere).
-        The NumPy tanh-MLP fast path works in tiles of its own and needs no blocks.
+        NumPy's compiled whole-network paths (a tanh MLP, a residual tanh network) work in
+        tiles of their own and need no blocks.
 
     Returns
     -------

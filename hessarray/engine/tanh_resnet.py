@@ -126,9 +126,9 @@ def tanh_resnet_derivatives(layers: list, x: Any, part: str, workers: int = 1) -
         with batching.serial_blas() if threaded else nullcontext():
             _tanh_resnet(*args)
     if narrowed:  # back from the first layer's outputs to the input: J W₀, W₀ᵀ H W₀
-        s_t = numpy.ascontiguousarray(first.weight.T)  # (d, n)
+        outer = numpy.ascontiguousarray(first.weight.T)  # (d, n): the input's map to the seeds
         jac = (jac.reshape(batch, k) @ first.weight).reshape(batch, 1, d)
-        found = map_back(numpy, hess, s_t, part)
+        found = map_back(numpy, hess, outer, part)
         return y, jac, symmetrize(numpy, found, owned=True) if part == "full" else found
     if part == "diag":
         return y, jac, numpy.ascontiguousarray(numpy.diagonal(hess, axis1=-2, axis2=-1))
