@@ -264,10 +264,11 @@ def test_environment_switch(value, expected):
 # The optional package blocked at import, and what must then hold in that process.
 WITHOUT = {
     "numba": "assert _fused.numba is None and not _fused.ENABLED\n",
-    "scipy": (  # numba's np.dot needs SciPy: only the tanh-MLP kernel goes
-        "from hessarray.engine import tanh_mlp\n"
+    "scipy": (  # numba's np.dot needs SciPy: only the whole-network kernels go
+        "from hessarray.engine import tanh_mlp, tanh_resnet\n"
         "assert _fused.ENABLED and not tanh_mlp._HAVE_BLAS\n"
         "assert tanh_mlp.tanh_mlp_derivatives(m.layers, x, 'full') is None\n"
+        "assert not hasattr(tanh_resnet, '_tanh_resnet')\n"
     ),
 }
 

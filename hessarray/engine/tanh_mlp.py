@@ -146,25 +146,35 @@ def tanh_mlp_derivatives(layers: list, x: Any, part: str, workers: int = 1) -> t
         y.reshape(batch),
         jac.reshape(batch, d),
         hess.reshape(batch, d, d),
-        TILE,
-        numpy.zeros(1, numpy.int64),  # the next tile's first sample
     )
+    tile_work = d * min(batch, TILE) * max(w.shape[0] * w.shape[1] for w in ws)
+    _run_tiles(_tanh_mlp, args, batch, workers, tile_work)
+    return y, jac, _hessian_part(hess, part)
+
+
+def _run_tiles(kernel: Any, args: tuple, batch: int, workers: int, tile_work: int) -> None:
+    """``kernel(*args, TILE, counter)`` on up to ``workers`` threads (one per tile at most),
+    which share the batch's tiles by claiming them from ``counter``. ``tile_work``: the largest
+    ``M·N·K`` of one tile's products."""
+    counter = numpy.zeros(1, numpy.int64)  # the first sample no thread has claimed
     workers = min(workers, -(-batch // TILE))
-    if workers > 1:
-        batching.run_shared(lambda: _tanh_mlp(*args), workers)
-    else:
-        # OpenBLAS splits a product over its threads from M·N·K > 2¹⁸ on: on a tile that
-        # costs more than it gains (width 128, k = 4, 256 samples: 6.6 against 3.9 ms). Work
-        # run on several threads has one BLAS thread each; a serial call gets that here too.
-        rows = d * min(batch, TILE)
-        threaded = any(rows * w.shape[0] * w.shape[1] > BLAS_THREADED_WORK for w in ws)
-        with batching.serial_blas() if threaded else nullcontext():
-            _tanh_mlp(*args)
+    if workers > 1:  # each thread gets one BLAS thread
+        batching.run_shared(lambda: kernel(*args, TILE, counter), workers)
+        return
+    # OpenBLAS splits a product over its threads from M·N·K > 2¹⁸ on: on a tile that costs more
+    # than it gains (width 128, k = 4, 256 samples: 6.6 against 3.9 ms). A serial call gets the
+    # one-thread limit here too.
+    with batching.serial_blas() if tile_work > BLAS_THREADED_WORK else nullcontext():
+        kernel(*args, TILE, counter)
+
+
+def _hessian_part(hess: Any, part: str) -> Any:
+    """``hess`` ``(B, 1, k, k)``, its diagonal or its trace, as ``part`` asks."""
     if part == "diag":
-        return y, jac, numpy.ascontiguousarray(numpy.diagonal(hess, axis1=-2, axis2=-1))
+        return numpy.ascontiguousarray(numpy.diagonal(hess, axis1=-2, axis2=-1))
     if part == "trace":
-        return y, jac, numpy.trace(hess, axis1=-2, axis2=-1)
-    return y, jac, hess
+        return numpy.trace(hess, axis1=-2, axis2=-1)
+    return hess
 
 
 if _HAVE_BLAS:

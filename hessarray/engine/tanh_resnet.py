@@ -21,7 +21,6 @@ tangent directions; the fused kernels enabled and SciPy installed.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import Any
 
 import numpy
@@ -32,7 +31,7 @@ from ..layers.dense import Dense
 from ..layers.elementwise import LogCosh, Tanh
 from ..layers.losses import Sum
 from ..layers.residual import Residual
-from . import batching, tanh_mlp
+from . import tanh_mlp
 from .forward import map_back
 
 
@@ -115,26 +114,14 @@ def tanh_resnet_derivatives(layers: list, x: Any, part: str, workers: int = 1) -
         y.reshape(batch),
         jac.reshape(batch, k),
         hess.reshape(batch, k, k),
-        tanh_mlp.TILE,
-        numpy.zeros(1, numpy.int64),
     )
-    workers = min(workers, -(-batch // tanh_mlp.TILE))
-    if workers > 1:
-        batching.run_shared(lambda: _tanh_resnet(*args), workers)
-    else:  # as in tanh_mlp: big tile products would otherwise be split over BLAS threads
-        threaded = k * min(batch, tanh_mlp.TILE) * n * n > tanh_mlp.BLAS_THREADED_WORK
-        with batching.serial_blas() if threaded else nullcontext():
-            _tanh_resnet(*args)
+    tanh_mlp._run_tiles(_tanh_resnet, args, batch, workers, k * min(batch, tanh_mlp.TILE) * n * n)
     if narrowed:  # back from the first layer's outputs to the input: J W₀, W₀ᵀ H W₀
         outer = numpy.ascontiguousarray(first.weight.T)  # (d, n): the input's map to the seeds
         jac = (jac.reshape(batch, k) @ first.weight).reshape(batch, 1, d)
         found = map_back(numpy, hess, outer, part)
         return y, jac, symmetrize(numpy, found, owned=True) if part == "full" else found
-    if part == "diag":
-        return y, jac, numpy.ascontiguousarray(numpy.diagonal(hess, axis1=-2, axis2=-1))
-    if part == "trace":
-        return y, jac, numpy.trace(hess, axis1=-2, axis2=-1)
-    return y, jac, hess
+    return y, jac, tanh_mlp._hessian_part(hess, part)
 
 
 if tanh_mlp._HAVE_BLAS:
