@@ -60,6 +60,13 @@ def describe(a: Any) -> str:
     return f"{kind}(dtype={getattr(a, 'dtype', '?')}, device={where})"
 
 
+def _move_hint(xp: Any) -> str:
+    """How to bring a model to the library and device of an input of namespace ``xp``."""
+    from ._transfer import library_name  # its name as users import it: torch, jax.numpy, ...
+
+    return f"use model.to({library_name(xp)}, device=x.device) to move the model"
+
+
 def check_inputs(x: Any, arrays: list[tuple[str, Any]]) -> Any:
     """Return the namespace shared by ``x`` and the model's arrays, or raise ``TypeError``.
 
@@ -87,15 +94,14 @@ def check_inputs(x: Any, arrays: list[tuple[str, Any]]) -> Any:
         if other is not xp:
             raise TypeError(
                 f"the model and its input live in different array libraries: "
-                f"{name} is {describe(a)} but x is {describe(x)}; "
-                f"convert one of them so both use the same library"
+                f"{name} is {describe(a)} but x is {describe(x)}; {_move_hint(xp)}"
             )
         other_where = device(a)
         # Under jax.jit a tracer has no device (None): nothing to compare.
         if where is not None and other_where is not None and other_where != where:
             raise TypeError(
                 f"the model and its input live on different devices: "
-                f"{name} is {describe(a)} but x is {describe(x)}; move one of them"
+                f"{name} is {describe(a)} but x is {describe(x)}; {_move_hint(xp)}"
             )
     if not xp.isdtype(x.dtype, "real floating"):
         raise TypeError(

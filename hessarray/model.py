@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy
 
 from ._backend import check_inputs, device, is_array_api_obj
+from ._transfer import move_arrays
 from .layers.base import Array, Layer, forward_chain
 
 
@@ -80,6 +81,91 @@ class Sequential:
     def arrays(self) -> list[tuple[str, Array]]:
         """Every array the model holds (parameters and targets), named."""
         return [(f"{i}.{k}", v) for i, layer in enumerate(self.layers) for k, v in layer.arrays()]
+
+    def map_arrays(self, fn: Callable[[str, Array], Array]) -> Sequential:
+        """A new model of the same layers whose every array is replaced by ``fn(name, array)``.
+
+        Parameters
+        ----------
+        fn : callable
+            Called once per array of :meth:`arrays` (parameters and targets), with its name
+            as :meth:`arrays` gives it (``"0.weight"``, ``"2.0.bias"``, ``"4.target"``) and
+            the array; returns the replacement, which the layer checks as its constructor
+            does (shapes, dtypes).
+
+        Returns
+        -------
+        Sequential
+            A new model; ``self`` and its layers are left unchanged (layers without arrays
+            are shared, since layers are immutable).
+
+        Examples
+        --------
+        >>> import numpy as np, hessarray as ha
+        >>> model = ha.Sequential(ha.Dense(np.ones((2, 3)), np.zeros(2)), ha.Tanh(), ha.MSELoss(np.ones(2)))
+        >>> half = model.map_arrays(lambda name, a: a.astype(np.float32) if "weight" in name else a)
+        >>> [(name, a.dtype.name) for name, a in half.arrays()]
+        [('0.weight', 'float32'), ('0.bias', 'float64'), ('2.target', 'float64')]
+        >>> model[0].weight.dtype.name
+        'float64'
+        """
+        layers = []
+        for i, layer in enumerate(self.layers):
+            prefix = f"{i}."
+            layers.append(layer.map_arrays(lambda name, a, prefix=prefix: fn(prefix + name, a)))
+        return Sequential(*layers)
+
+    def to(self, xp: Any, device: Any = None) -> Sequential:
+        """The same model with its arrays in library ``xp`` on ``device``.
+
+        Parameters
+        ----------
+        xp : module
+            ``numpy``, ``cupy``, ``torch``, ``jax.numpy``, ``array_api_strict``, ``dask.array``,
+            or their ``array_api_compat`` namespaces (``array_api_compat.torch``, ...).
+        device : object, optional
+            A device of ``xp``: ``"cpu"``, ``"cuda:0"`` or a ``torch.device`` for torch, a JAX
+            device, an ``array_api_strict.Device`` (``Device("device1")`` too), a CuPy device.
+            ``None`` is the library's default device (``torch.get_default_device()``, JAX's
+            default device, CuPy's current device), also for arrays already in ``xp``.
+
+        Returns
+        -------
+        Sequential
+            A new model; ``self`` is unchanged. Dtypes are kept (integer labels stay integers).
+            Arrays move by DLPack where both libraries can share memory, else through a host
+            copy, so the new model may share memory with this one: neither changes arrays.
+
+        Raises
+        ------
+        TypeError
+            If ``xp`` is not an array library or namespace (the message names the choices).
+        ValueError
+            If ``device`` is not a device of ``xp`` (the message lists the valid ones), or
+            ``xp`` cannot hold a floating dtype of the model (JAX without 64-bit mode cannot
+            hold ``float64``; its integer labels become ``int32`` instead).
+
+        Notes
+        -----
+        To ``dask.array``, every array becomes one chunk (NumPy and CuPy arrays as they are,
+        others through the host), and a Dask model's arrays are kept as they are: nothing is
+        computed. From Dask to any other library the arrays are computed, all in one
+        ``dask.compute``.
+
+        Examples
+        --------
+        >>> import numpy as np, torch, hessarray as ha
+        >>> model = ha.Sequential(ha.Dense(np.ones((2, 3))), ha.Tanh(), ha.SoftmaxCrossEntropy(np.array([0, 1])))
+        >>> on_torch = model.to(torch, device="cpu")
+        >>> [(name, a.dtype, a.device) for name, a in on_torch.arrays()]
+        [('0.weight', torch.float64, device(type='cpu')), ('2.target', torch.int64, device(type='cpu'))]
+        >>> ha.hessian(on_torch, torch.zeros(2, 3, dtype=torch.float64)).shape
+        torch.Size([2, 3, 3])
+        >>> bool(np.array_equal(on_torch.to(np)[0].weight, model[0].weight))
+        True
+        """
+        moved = move_arrays(self.arrays(), xp, device)
+        return self.map_arrays(lambda name, a: moved[name])
 
     def locate(self, name: str) -> tuple[int, str]:
         """``"2.0.weight" -> (2, "0.weight")``; ``KeyError`` listing valid names if unknown."""

@@ -23,6 +23,7 @@ type; it only calls the methods below.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from .._backend import array_namespace, identity, matmul_last
@@ -201,6 +202,20 @@ class Layer:
         """Differentiable parameters by local name (``"weight"``, ``"0.bias"``, ...)."""
         return {}
 
+    def map_arrays(self, fn: Callable[[str, Array], Array]) -> Layer:
+        """The same layer with each array of :meth:`arrays` replaced by ``fn(local_name, array)``.
+
+        Layers are immutable, so this builds a new one (``self`` itself when the layer holds no
+        arrays). :meth:`hessarray.Sequential.map_arrays` and ``Sequential.to`` rely on it; a
+        layer that holds arrays must override it (see :func:`rebuilt`).
+        """
+        if not self.arrays():
+            return self
+        raise NotImplementedError(
+            f"{type(self).__name__} holds arrays ({', '.join(n for n, _ in self.arrays())}) "
+            f"but does not implement map_arrays"
+        )
+
     def batch_slice(self, start: int, stop: int) -> Layer:
         """The layer for samples ``start:stop`` (layers holding per-sample targets slice them)."""
         return self
@@ -238,6 +253,16 @@ class Layer:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+def rebuilt(layer: Layer, init: Callable[..., None], *args: Any, **kwargs: Any) -> Layer:
+    """A copy of ``layer`` (same class and attributes) on which ``init(copy, *args, **kwargs)``
+    has run again: a layer with new arrays, checked as the constructor checks them, which keeps
+    what a subclass added."""
+    clone = object.__new__(type(layer))
+    clone.__dict__.update(layer.__dict__)
+    init(clone, *args, **kwargs)
+    return clone
 
 
 # -- chains of layers -------------------------------------------------------------------------

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import numpy
 
 from .._backend import array_namespace, device, is_array_api_obj, is_lazy, matmul_last
-from .base import Array, Layer
+from .base import Array, Layer, rebuilt
 
 
 def cast_like(xp: Any, a: Array, x: Array) -> Array:
@@ -76,6 +77,10 @@ class Dense(Layer):
         if self.bias is not None:
             params["bias"] = self.bias
         return params
+
+    def map_arrays(self, fn: Callable[[str, Array], Array]) -> Layer:
+        weight = fn("weight", self.weight)
+        return rebuilt(self, Dense.__init__, weight, None if self.bias is None else fn("bias", self.bias))
 
     # -- first order ----------------------------------------------------------------------
     def forward(self, x: Array) -> tuple[Array, Any]:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from .._backend import array_namespace, device, diag_embed, is_array_api_obj
-from .base import Array, Layer, sample_major
+from .base import Array, Layer, rebuilt, sample_major
 
 
 class Reduction(Layer):
@@ -128,6 +129,9 @@ class MSELoss(_Targeted):
         self.target = target
         self.in_width = target.shape[-1]
 
+    def map_arrays(self, fn: Callable[[str, Array], Array]) -> Layer:
+        return rebuilt(self, MSELoss.__init__, fn("target", self.target))
+
     def out_width(self, n_in: int) -> int:
         if n_in != self.in_width:
             raise ValueError(f"expects input width {self.in_width} (target shape {tuple(self.target.shape)})")
@@ -185,6 +189,9 @@ class SoftmaxCrossEntropy(_Targeted):
         self.target = labels
         self._sample_ndim = 0 if self.integer else 1
         self.in_width = None if self.integer else labels.shape[-1]
+
+    def map_arrays(self, fn: Callable[[str, Array], Array]) -> Layer:
+        return rebuilt(self, SoftmaxCrossEntropy.__init__, fn("target", self.target))
 
     def out_width(self, n_in: int) -> int:
         if self.in_width is not None and n_in != self.in_width:

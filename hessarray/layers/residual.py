@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from .. import _fused
@@ -19,6 +20,7 @@ from .base import (
     push_chain,
     push_keep,
     push_params_keep,
+    rebuilt,
     reverse_second,
     split_directions,
 )
@@ -184,6 +186,12 @@ class Residual(Layer):
     def arrays(self) -> list[tuple[str, Array]]:
         return [(f"{i}.{k}", v) for i, layer in enumerate(self.layers) for k, v in layer.arrays()]
 
+    def map_arrays(self, fn: Callable[[str, Array], Array]) -> Layer:
+        inner = [layer.map_arrays(_prefixed(fn, f"{i}.")) for i, layer in enumerate(self.layers)]
+        if all(a is b for a, b in zip(inner, self.layers)):
+            return self
+        return rebuilt(self, Residual.__init__, *inner, h=self.h)
+
     def batch_slice(self, start: int, stop: int) -> Layer:
         inner = [layer.batch_slice(start, stop) for layer in self.layers]
         if all(a is b for a, b in zip(inner, self.layers)):
@@ -208,6 +216,11 @@ class Residual(Layer):
     def __repr__(self) -> str:
         inner = ", ".join(repr(layer) for layer in self.layers)
         return f"Residual({inner}, h={self.h})"
+
+
+def _prefixed(fn: Callable[[str, Array], Array], prefix: str) -> Callable[[str, Array], Array]:
+    """``fn`` for an inner layer: its local names get the layer's index in front."""
+    return lambda name, a: fn(prefix + name, a)
 
 
 class Skip(Layer):
