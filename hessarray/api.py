@@ -12,8 +12,10 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from . import engine
+from ._dask import dask_aware
 from .engine import input_derivatives, make_plan, param_derivatives
 from .engine.batching import map_blocks
+from .engine.budget import check_progress, progress_bar
 from .engine.plan import Plan, check_mode
 from .model import Sequential
 
@@ -46,19 +48,21 @@ def _check_model(model: Any) -> Sequential:
     return model
 
 
-def _compute(model, x, wrt, mode, per_sample, chunk_size, hessian) -> Derivatives:
+def _compute(model, x, wrt, mode, per_sample, chunk_size, hessian, max_memory, progress) -> Derivatives:
     model = _check_model(model)
     check_mode(mode)
+    check_progress(progress)
     xp, x2, single = model.prepare(x)
     scalar = model.scalar_output
     if wrt is None:
-        p = make_plan(model.layers, x2.shape[0], x2.shape[1], x2, xp, mode=mode, chunk_size=chunk_size, hessian=hessian)
-        out = input_derivatives(model.layers, x2, xp, p, hessian)
+        p = _input_plan(model, x2, xp, chunk_size, max_memory, mode=mode, hessian=hessian, fused=hessian)
+        with progress_bar(progress, _count(p, x2)) as bar:
+            out = input_derivatives(model.layers, x2, xp, p, hessian, bar)
         keep_batch = True
     else:
         index, name = model.locate(wrt)
-        args = {"mode": mode, "chunk_size": chunk_size}
-        out = param_derivatives(model.layers, x2, xp, index, name, args, hessian, per_sample)
+        args = {"mode": mode, "chunk_size": chunk_size, "max_memory": max_memory}
+        out = param_derivatives(model.layers, x2, xp, index, name, args, hessian, per_sample, progress)
         keep_batch = per_sample
     if keep_batch:
         out = _per_sample(out, scalar, single)
@@ -73,16 +77,28 @@ def _per_sample(out: tuple, scalar: bool, single: bool) -> tuple:
     return out
 
 
-def _forward_plan(model, x2, xp, chunk_size):
-    """The forward mode's plan (blocks sized for it unless ``chunk_size`` is given)."""
-    return make_plan(model.layers, x2.shape[0], x2.shape[1], x2, xp, mode="forward", chunk_size=chunk_size)
+def _input_plan(model, x2, xp, chunk_size, max_memory, **settings) -> Plan:
+    """The plan of a computation with respect to ``x2`` (``settings``: see :func:`make_plan`)."""
+    b, d = x2.shape
+    return make_plan(model.layers, b, d, x2, xp, chunk_size=chunk_size, max_memory=max_memory, **settings)
 
 
-def _blocks(model, x2, xp, chunk_size, fn, *extra) -> tuple:
-    """Run ``fn`` (value first) over blocks of ``x2``: forward-mode sized unless given."""
-    return map_blocks(fn, model.layers, x2, _forward_plan(model, x2, xp, chunk_size), ("cat", "cat"), xp, *extra)
+def _count(p: Plan, x2) -> int:
+    """Blocks (or compiled calls) the plan runs ``x2`` in: the progress bar's length."""
+    return -(-x2.shape[0] // p.chunk_size)
 
 
+def _hessian_part(model, x, part, chunk_size, max_memory, progress) -> Array:
+    model = _check_model(model)
+    check_progress(progress)
+    xp, x2, single = model.prepare(x)
+    p = _input_plan(model, x2, xp, chunk_size, max_memory, mode="forward", part=part, fused=True)
+    with progress_bar(progress, _count(p, x2)) as bar:
+        _, found = engine.input_hessian_part(model.layers, x2, xp, p, part, bar)
+    return _per_sample((found,), model.scalar_output, single)[0]
+
+
+@dask_aware("wrt")
 def derivatives(
     model: Sequential,
     x: Array,
@@ -91,6 +107,8 @@ def derivatives(
     mode: str = "auto",
     per_sample: bool = False,
     chunk_size: int | None = None,
+    max_memory: int | None = None,
+    progress: bool = False,
 ) -> Derivatives:
     """Value, Jacobian (gradient) and Hessian of a model from one pass.
 
@@ -112,9 +130,19 @@ def derivatives(
     per_sample : bool
         With ``wrt``, keep the batch and output axes in front instead of summing them.
     chunk_size : int, optional
-        Samples per block (default: cache-sized blocks on CPUs, the whole batch elsewhere).
-        NumPy's compiled whole-network paths (a tanh MLP, a residual tanh network) work in
-        tiles of their own and need no blocks.
+        Samples per block (default: cache-sized blocks on CPUs, the whole batch elsewhere,
+        within the memory budget). NumPy's compiled whole-network paths (a tanh MLP, a
+        residual tanh network) work in tiles of their own and need no blocks. Under an
+        explicit ``max_memory`` it is an upper bound.
+    max_memory : int, optional
+        Bytes the computation may hold besides its outputs (its working set); the batch is
+        chunked to stay within it, with results identical to an unchunked run. Default: half
+        of the device's free memory on GPUs, 1 GiB on CPUs, no limit on Dask (see "Memory
+        and progress" in the backends guide). ``MemoryError`` before any work where one
+        sample needs more (the message gives the minimum).
+    progress : bool
+        Show a tqdm progress bar over the chunks of a chunked run (needs ``tqdm``:
+        ``pip install hessarray[progress]``; ``ImportError`` otherwise).
 
     Returns
     -------
@@ -132,9 +160,10 @@ def derivatives(
     >>> value.shape, grad.shape, hess.shape
     ((3,), (3, 2), (3, 2, 2))
     """
-    return _compute(model, x, wrt, mode, per_sample, chunk_size, True)
+    return _compute(model, x, wrt, mode, per_sample, chunk_size, True, max_memory, progress)
 
 
+@dask_aware("wrt")
 def hessian(
     model: Sequential,
     x: Array,
@@ -143,6 +172,8 @@ def hessian(
     mode: str = "auto",
     per_sample: bool = False,
     chunk_size: int | None = None,
+    max_memory: int | None = None,
+    progress: bool = False,
 ) -> Array:
     """Exact Hessian of the model output, with respect to ``x`` or a parameter.
 
@@ -158,9 +189,10 @@ def hessian(
     array([[2., 0.],
            [0., 2.]])
     """
-    return _compute(model, x, wrt, mode, per_sample, chunk_size, True).hessian
+    return _compute(model, x, wrt, mode, per_sample, chunk_size, True, max_memory, progress).hessian
 
 
+@dask_aware("per_sample")
 def jacobian(
     model: Sequential,
     x: Array,
@@ -168,6 +200,8 @@ def jacobian(
     wrt: str | None = None,
     mode: str = "auto",
     chunk_size: int | None = None,
+    max_memory: int | None = None,
+    progress: bool = False,
 ) -> Array:
     """Per-sample Jacobian of the model output: ``(batch,) + o + (d,)``.
 
@@ -182,9 +216,10 @@ def jacobian(
     array([[1., 0.],
            [0., 3.]])
     """
-    return _compute(model, x, wrt, mode, True, chunk_size, False).jacobian
+    return _compute(model, x, wrt, mode, True, chunk_size, False, max_memory, progress).jacobian
 
 
+@dask_aware("wrt")
 def gradient(
     model: Sequential,
     x: Array,
@@ -193,6 +228,8 @@ def gradient(
     mode: str = "auto",
     per_sample: bool = False,
     chunk_size: int | None = None,
+    max_memory: int | None = None,
+    progress: bool = False,
 ) -> Array:
     """Gradient of a scalar model with respect to ``x`` (``(batch, d)``), or of the summed
     output with respect to a parameter (its shape; ``(batch,) + o + s`` per sample).
@@ -215,13 +252,34 @@ def gradient(
             f"gradient needs a model with one output per sample (ending in Sum() or a loss); "
             f"this one ends in {model.layers[-1]!r}: use jacobian instead"
         )
-    return _compute(model, x, wrt, mode, per_sample, chunk_size, False).jacobian
+    return _compute(model, x, wrt, mode, per_sample, chunk_size, False, max_memory, progress).jacobian
 
 
 def plan(
-    model: Sequential, x: Array, *, mode: str = "auto", chunk_size: int | None = None, hessian: bool = True
+    model: Sequential,
+    x: Array,
+    *,
+    mode: str = "auto",
+    chunk_size: int | None = None,
+    hessian: bool = True,
+    max_memory: int | None = None,
+    progress: bool = False,
+    part: str = "full",
 ) -> Plan:
-    """The plan (mode, block size, FLOP estimates) a call on ``x`` would use.
+    """The plan (mode, block size, memory budget, FLOP estimates) that :func:`derivatives`
+    (``hessian=False``: :func:`jacobian`) with respect to ``x`` runs with these settings.
+
+    ``chunk_size`` is the block size that runs, sized to keep the working set within
+    ``max_memory`` (or the default budget; see :func:`derivatives`); ``working_set`` the
+    bytes its blocks hold at most. ``part="diag"`` or ``"trace"`` plans
+    :func:`hessian_diagonal` or :func:`laplacian` instead (``mode`` and ``hessian`` are then
+    unused). Making a plan runs nothing and changes nothing; ``progress`` is accepted for
+    symmetry with the other functions and has no effect.
+
+    Raises
+    ------
+    MemoryError
+        When ``max_memory`` is too small for one sample (as the call itself would).
 
     Examples
     --------
@@ -231,14 +289,27 @@ def plan(
     'forward'
     """
     xp, x2, _ = _check_model(model).prepare(x)
-    return make_plan(model.layers, x2.shape[0], x2.shape[1], x2, xp, mode=mode, chunk_size=chunk_size, hessian=hessian)
+    if part in ("diag", "trace"):
+        return _input_plan(model, x2, xp, chunk_size, max_memory, mode="forward", part=part, fused=True)
+    if part != "full":
+        raise ValueError(f"part must be 'full', 'diag' or 'trace', got {part!r}")
+    return _input_plan(model, x2, xp, chunk_size, max_memory, mode=mode, hessian=hessian, fused=hessian)
 
 
-def hessian_diagonal(model: Sequential, x: Array, *, chunk_size: int | None = None) -> Array:
+@dask_aware("per_sample")
+def hessian_diagonal(
+    model: Sequential,
+    x: Array,
+    *,
+    chunk_size: int | None = None,
+    max_memory: int | None = None,
+    progress: bool = False,
+) -> Array:
     """Diagonal of the input Hessian per sample, without forming the Hessian.
 
     Cost per sample ``O(L·n²·d)`` for an MLP (no ``d²`` term). Differentiable by torch
-    autograd and usable under ``jax.jit``.
+    autograd and usable under ``jax.jit``. ``chunk_size``, ``max_memory`` and ``progress``
+    as in :func:`derivatives`.
 
     Returns
     -------
@@ -252,18 +323,24 @@ def hessian_diagonal(model: Sequential, x: Array, *, chunk_size: int | None = No
     >>> ha.hessian_diagonal(model, np.ones(2))
     array([2., 8.])
     """
-    model = _check_model(model)
-    xp, x2, single = model.prepare(x)
-    _, diag = engine.input_hessian_part(model.layers, x2, xp, _forward_plan(model, x2, xp, chunk_size), "diag")
-    return _per_sample((diag,), model.scalar_output, single)[0]
+    return _hessian_part(model, x, "diag", chunk_size, max_memory, progress)
 
 
-def laplacian(model: Sequential, x: Array, *, chunk_size: int | None = None) -> Array:
+@dask_aware("per_sample")
+def laplacian(
+    model: Sequential,
+    x: Array,
+    *,
+    chunk_size: int | None = None,
+    max_memory: int | None = None,
+    progress: bool = False,
+) -> Array:
     """Laplacian (trace of the input Hessian) per sample, without forming the Hessian.
 
     Cost per sample ``O(L·n²·d)`` for an MLP, and no ``(batch, d, d)`` array. Differentiable
     by torch autograd and usable under ``jax.jit``, so a physics-informed loss such as
     ``mean((laplacian(model, x) - f(x))**2)`` trains with the host framework.
+    ``chunk_size``, ``max_memory`` and ``progress`` as in :func:`derivatives`.
 
     Returns
     -------
@@ -277,13 +354,19 @@ def laplacian(model: Sequential, x: Array, *, chunk_size: int | None = None) -> 
     >>> ha.laplacian(model, np.ones((2, 3)))
     array([6., 6.])
     """
-    model = _check_model(model)
-    xp, x2, single = model.prepare(x)
-    _, trace = engine.input_hessian_part(model.layers, x2, xp, _forward_plan(model, x2, xp, chunk_size), "trace")
-    return _per_sample((trace,), model.scalar_output, single)[0]
+    return _hessian_part(model, x, "trace", chunk_size, max_memory, progress)
 
 
-def hvp(model: Sequential, x: Array, v: Array, *, chunk_size: int | None = None) -> Array:
+@dask_aware("per_sample", batched=("v",))
+def hvp(
+    model: Sequential,
+    x: Array,
+    v: Array,
+    *,
+    chunk_size: int | None = None,
+    max_memory: int | None = None,
+    progress: bool = False,
+) -> Array:
     """Input Hessian-vector products per sample, without forming the Hessian.
 
     Forward over reverse: ``k`` tangents pushed forward, second-order adjoints pulled back;
@@ -295,6 +378,8 @@ def hvp(model: Sequential, x: Array, v: Array, *, chunk_size: int | None = None)
     x : array, shape (batch, d) or (d,)
     v : array, shape (batch, d) or (batch, d, k); (d,) or (d, k) for 1-D ``x``
         One vector, or ``k`` vectors, per sample.
+    chunk_size, max_memory, progress
+        As in :func:`derivatives`.
 
     Returns
     -------
@@ -309,6 +394,7 @@ def hvp(model: Sequential, x: Array, v: Array, *, chunk_size: int | None = None)
     array([[ 2., -2.]])
     """
     model = _check_model(model)
+    check_progress(progress)
     xp, x2, single = model.prepare(x)
     batch, d = x2.shape
     v_shape = tuple(getattr(v, "shape", ()))
@@ -321,8 +407,11 @@ def hvp(model: Sequential, x: Array, v: Array, *, chunk_size: int | None = None)
     v3 = v[..., None] if one else v
     if single:
         v3 = v3[None, ...]
-    v3 = xp.permute_dims(xp.astype(v3, x2.dtype), (0, 2, 1))  # (B, k, d): directions as rows
-    _, hv = _blocks(model, x2, xp, chunk_size, lambda layers, xb, vb: engine.curvature.hvp(layers, xb, vb), v3)
+    v3 = xp.permute_dims(xp.astype(v3, x2.dtype, copy=False), (0, 2, 1))  # (B, k, d): directions as rows
+    p = _input_plan(model, x2, xp, chunk_size, max_memory, mode="forward", part="hvp", directions=v3.shape[1])
+    with progress_bar(progress, _count(p, x2)) as bar:
+        run = lambda layers, xb, vb: engine.curvature.hvp(layers, xb, vb)  # noqa: E731
+        _, hv = map_blocks(run, model.layers, x2, p, ("cat", "cat"), xp, v3, progress=bar)
     hv = xp.permute_dims(hv, (0, 1, 3, 2))  # (B, m, d, k)
     if one:
         hv = hv[..., 0]

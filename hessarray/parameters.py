@@ -11,8 +11,10 @@ import math
 from typing import Any
 
 from ._backend import device
+from ._dask import dask_aware
 from .api import _check_model
 from .engine.batching import map_blocks
+from .engine.budget import check_progress, progress_bar
 from .engine.parameter_space import owner_blocks, parameter_products, top_level_blocks
 from .engine.plan import make_plan
 from .model import Sequential
@@ -21,7 +23,8 @@ Array = Any
 
 __all__ = ["ParameterOperator", "gauss_newton", "parameter_hessian", "parameter_hvp", "parameter_operator"]
 
-#: Default limit for ``blocks="full"`` and ``flat=True``: 2 GiB.
+#: Default limit for ``blocks="full"`` and ``flat=True``: 2 GiB. It bounds the size of the
+#: returned ``(P, P)`` matrix (an output), where ``max_memory`` bounds the working set.
 MAX_BYTES = 2 << 30
 
 
@@ -65,9 +68,14 @@ def _prepare(model: Sequential, x: Array, ggn: bool):
     return model, xp, x2, single
 
 
-def _blocks(model, x, blocks, flat, per_sample, chunk_size, max_bytes, ggn) -> Any:
+def _item(x: Array) -> int:
+    return 4 if str(x.dtype).endswith("32") else 8
+
+
+def _blocks(model, x, blocks, flat, per_sample, chunk_size, max_bytes, ggn, max_memory, progress) -> Any:
     if blocks not in ("layer", "full"):
         raise ValueError(f"blocks must be 'layer' or 'full', got {blocks!r}")
+    check_progress(progress)
     model, xp, x2, single = _prepare(model, x, ggn)
     what = "the Gauss-Newton matrix" if ggn else "the parameter Hessian"
     if blocks == "full" or flat:
@@ -75,10 +83,31 @@ def _blocks(model, x, blocks, flat, per_sample, chunk_size, max_bytes, ggn) -> A
             raise ValueError("per_sample=True is available with blocks='layer' and flat=False")
         _check_memory(model, x2, max_bytes, what)
     if blocks == "full":
-        matrix = _full_matrix(model, x2, xp, chunk_size, ggn)
+        matrix = _full_matrix(model, x2, xp, chunk_size, ggn, max_memory, progress)
         return matrix if flat else _split(model, matrix, xp)
-    plan = make_plan(model.layers, x2.shape[0], x2.shape[1], x2, xp, mode="forward", chunk_size=chunk_size)
     groups = _groups(model)
+    # Per block: the summed blocks (partial, total, new total); per sample: the Hessians pulled
+    # back through the widest layer and the inputs' outer products (and the blocks themselves).
+    params = model.parameters()
+    entries = sum(_size(params[a]) * _size(params[b]) for names in groups.values() for a in names for b in names)
+    widths = [x2.shape[1]]
+    for layer in model.layers:
+        widths.append(layer.out_width(widths[-1]))
+    widest = max(widths)
+    per = 6 * widest * widest + (entries if per_sample else 0)
+    item = _item(x2)
+    plan = make_plan(
+        model.layers,
+        x2.shape[0],
+        x2.shape[1],
+        x2,
+        xp,
+        mode="forward",
+        chunk_size=chunk_size,
+        max_memory=max_memory,
+        sample_bytes=item * per,
+        block_bytes=0 if per_sample else 3 * item * entries,
+    )
     top = _top_level_owners(model, groups)
     # (function of a block of layers and samples -> blocks, the (name, name) key of each)
     jobs: list[tuple[Any, list[tuple[str, str]]]] = []
@@ -106,8 +135,9 @@ def _blocks(model, x, blocks, flat, per_sample, chunk_size, max_bytes, ggn) -> A
         jobs.append((run, [(f"{owner}.{a}", f"{owner}.{b}") for a, b in local]))
     out: dict[tuple[str, str], Array] = {}
     how = "cat" if per_sample else "sum"
-    for run_job, job_keys in jobs:
-        values = map_blocks(run_job, model.layers, x2, plan, (how,) * len(job_keys), xp)
+    with progress_bar(progress, len(jobs) * -(-x2.shape[0] // plan.chunk_size)) as bar:
+        found = [map_blocks(run, model.layers, x2, plan, (how,) * len(keys), xp, progress=bar) for run, keys in jobs]
+    for (_, job_keys), values in zip(jobs, found):
         for key, value in zip(job_keys, values):
             if per_sample:  # (B, 1, ...): the outputs are summed
                 value = value[0, 0, ...] if single else value[:, 0, ...]
@@ -117,31 +147,41 @@ def _blocks(model, x, blocks, flat, per_sample, chunk_size, max_bytes, ggn) -> A
     return out
 
 
-def _full_matrix(model, x2, xp, chunk_size, ggn) -> Array:
+def _full_matrix(model, x2, xp, chunk_size, ggn, max_memory, progress) -> Array:
     """All ``P`` columns of ``H`` (or ``G``) from products with unit directions."""
     params = model.parameters()
     names = list(params)
     sizes = [_size(params[n]) for n in names]
     total = sum(sizes)
     eye = xp.eye(total, dtype=x2.dtype, device=device(x2))
-    plan = make_plan(model.layers, x2.shape[0], x2.shape[1], x2, xp, mode="forward", chunk_size=chunk_size)
     block = max(1, min(total, 256))
+    plan = _products_plan(model, x2, xp, block, chunk_size, max_memory)
     rows = []
-    for start in range(0, total, block):
-        stop = min(start + block, total)
-        v = _unflatten(model, eye[start:stop, :], xp)
-        rows.append(_flatten_columns(model, _products(model, x2, xp, v, plan, ggn), xp))
+    with progress_bar(progress, -(-total // block) * -(-x2.shape[0] // plan.chunk_size)) as bar:
+        for start in range(0, total, block):
+            stop = min(start + block, total)
+            v = _unflatten(model, eye[start:stop, :], xp)
+            rows.append(_flatten_columns(model, _products(model, x2, xp, v, plan, ggn, bar), xp))
     return xp.concat(rows, axis=0) if len(rows) > 1 else rows[0]
 
 
-def _products(model, x2, xp, v: dict[str, Array], plan: Any, ggn: bool) -> dict[str, Array]:
+def _products_plan(model, x2, xp, k: int, chunk_size, max_memory) -> Any:
+    """The plan of products with ``k`` parameter directions: ``k`` tangents per sample, and
+    per block the ``(k, P)`` sums (partial, total, new total) and the directions' copies."""
+    total = sum(_size(p) for p in model.parameters().values())
+    b, d = x2.shape
+    args = {"chunk_size": chunk_size, "max_memory": max_memory, "block_bytes": 4 * _item(x2) * k * total}
+    return make_plan(model.layers, b, d, x2, xp, mode="forward", part="hvp", directions=k, **args)
+
+
+def _products(model, x2, xp, v: dict[str, Array], plan: Any, ggn: bool, bar: Any = None) -> dict[str, Array]:
     names = list(model.parameters())
 
     def run(layers, xb):
         found = parameter_products(layers, xb, v, ggn)
         return tuple(found[n] for n in names)
 
-    values = map_blocks(run, model.layers, x2, plan, ("sum",) * len(names), xp)
+    values = map_blocks(run, model.layers, x2, plan, ("sum",) * len(names), xp, progress=bar)
     return dict(zip(names, values))
 
 
@@ -191,6 +231,7 @@ def _assemble(model, blocks: dict[tuple[str, str], Array], xp, like) -> Array:
     return xp.concat(rows, axis=0)
 
 
+@dask_aware("flag")
 def parameter_hessian(
     model: Sequential,
     x: Array,
@@ -200,6 +241,8 @@ def parameter_hessian(
     per_sample: bool = False,
     chunk_size: int | None = None,
     max_bytes: int = MAX_BYTES,
+    max_memory: int | None = None,
+    progress: bool = False,
 ) -> Any:
     """Exact Hessian of the batch-summed output (or loss) with respect to all parameters.
 
@@ -219,10 +262,17 @@ def parameter_hessian(
         With ``blocks="layer"``: the blocks of each sample (outputs summed),
         ``(batch,) + shape_a + shape_b``.
     chunk_size : int, optional
-        Samples per block of the batch.
+        Samples per block of the batch (an upper bound under ``max_memory``).
     max_bytes : int
-        ``blocks="full"`` or ``flat=True`` raise ``MemoryError`` before allocating a matrix
-        larger than this (default 2 GiB).
+        Limit on the *result*: ``blocks="full"`` or ``flat=True`` raise ``MemoryError``
+        before allocating a ``(P, P)`` matrix larger than this (default 2 GiB).
+    max_memory : int, optional
+        Limit on the *working set* (what the computation holds besides its result): the
+        batch is chunked to stay within it, as in :func:`hessarray.derivatives` (default:
+        half the device's free memory on GPUs, 1 GiB on CPUs); ``MemoryError`` before any
+        work where one sample needs more. Independent of ``max_bytes``.
+    progress : bool
+        A tqdm progress bar over the chunks of a chunked run (needs ``tqdm``).
 
     Returns
     -------
@@ -241,9 +291,10 @@ def parameter_hessian(
     >>> ha.parameter_hessian(model, rng.standard_normal((5, 2)), blocks="full", flat=True).shape
     (12, 12)
     """
-    return _blocks(model, x, blocks, flat, per_sample, chunk_size, max_bytes, ggn=False)
+    return _blocks(model, x, blocks, flat, per_sample, chunk_size, max_bytes, False, max_memory, progress)
 
 
+@dask_aware("flag")
 def gauss_newton(
     model: Sequential,
     x: Array,
@@ -253,6 +304,8 @@ def gauss_newton(
     per_sample: bool = False,
     chunk_size: int | None = None,
     max_bytes: int = MAX_BYTES,
+    max_memory: int | None = None,
+    progress: bool = False,
 ) -> Any:
     """Generalized Gauss-Newton matrix ``Σ_b J_θᵀ H_loss J_θ`` of a model ending in a loss.
 
@@ -274,11 +327,19 @@ def gauss_newton(
     >>> ha.gauss_newton(model, rng.standard_normal((4, 3)), flat=True).shape
     (6, 6)
     """
-    return _blocks(model, x, blocks, flat, per_sample, chunk_size, max_bytes, ggn=True)
+    return _blocks(model, x, blocks, flat, per_sample, chunk_size, max_bytes, True, max_memory, progress)
 
 
+@dask_aware("summed")
 def parameter_hvp(
-    model: Sequential, x: Array, v: Any, *, curvature: str = "hessian", chunk_size: int | None = None
+    model: Sequential,
+    x: Array,
+    v: Any,
+    *,
+    curvature: str = "hessian",
+    chunk_size: int | None = None,
+    max_memory: int | None = None,
+    progress: bool = False,
 ) -> Any:
     """Parameter-space Hessian (or Gauss-Newton) vector product, matrix-free.
 
@@ -290,6 +351,8 @@ def parameter_hvp(
         ``{name: array of the parameter's shape}`` (missing names are zero), or a flat
         vector of shape ``(P,)`` in the order of ``model.parameters()``.
     curvature : {"hessian", "gauss_newton"}
+    chunk_size, max_memory, progress
+        As in :func:`parameter_hessian`.
 
     Returns
     -------
@@ -307,7 +370,10 @@ def parameter_hvp(
     >>> bool(np.allclose(ha.parameter_hvp(model, x, v), H @ v))
     True
     """
-    return parameter_operator(model, x, curvature=curvature, chunk_size=chunk_size)._apply(v)
+    operator = parameter_operator(
+        model, x, curvature=curvature, chunk_size=chunk_size, max_memory=max_memory, progress=progress
+    )
+    return operator._apply(v)
 
 
 class ParameterOperator:
@@ -315,9 +381,18 @@ class ParameterOperator:
 
     ``A @ v`` and ``A.matvec(v)`` take a flat ``(P,)`` vector or a ``(P, k)`` matrix (or a
     mapping of names to arrays) and return the same structure. ``shape`` is ``(P, P)``.
+    Each product is planned for its number of directions within ``max_memory``.
     """
 
-    def __init__(self, model: Sequential, x: Array, curvature: str, chunk_size: int | None) -> None:
+    def __init__(
+        self,
+        model: Sequential,
+        x: Array,
+        curvature: str,
+        chunk_size: int | None,
+        max_memory: int | None = None,
+        progress: bool = False,
+    ) -> None:
         if curvature not in ("hessian", "gauss_newton"):
             raise ValueError(f"curvature must be 'hessian' or 'gauss_newton', got {curvature!r}")
         self.model, self.xp, self.x, _ = _prepare(model, x, curvature == "gauss_newton")
@@ -326,10 +401,18 @@ class ParameterOperator:
         total = sum(_size(p) for p in self.params.values())
         self.shape = (total, total)
         self.dtype = self.x.dtype
-        plan = make_plan(
-            self.model.layers, self.x.shape[0], self.x.shape[1], self.x, self.xp, mode="forward", chunk_size=chunk_size
-        )
-        self._plan = plan
+        check_progress(progress)
+        self._settings = (chunk_size, max_memory)
+        self.progress = progress
+        self._plan(1)  # MemoryError now, before any product, where one sample does not fit
+
+    def _plan(self, k: int) -> Any:
+        return _products_plan(self.model, self.x, self.xp, k, *self._settings)
+
+    def _run(self, dirs: dict[str, Array], k: int) -> dict[str, Array]:
+        plan = self._plan(k)
+        with progress_bar(self.progress, -(-self.x.shape[0] // plan.chunk_size)) as bar:
+            return _products(self.model, self.x, self.xp, dirs, plan, self.ggn, bar)
 
     def _apply(self, v: Any) -> Any:
         xp = self.xp
@@ -345,13 +428,13 @@ class ParameterOperator:
                     dirs[name] = xp.astype(v[name], self.dtype)[None, ...]
             if not dirs:
                 return {n: xp.zeros_like(p) for n, p in self.params.items()}
-            out = _products(self.model, self.x, xp, dirs, self._plan, self.ggn)
+            out = self._run(dirs, 1)
             return {n: out[n][0, ...] for n in self.params}
         shape = tuple(getattr(v, "shape", ()))
         if shape not in ((self.shape[0],),) and not (len(shape) == 2 and shape[0] == self.shape[0]):
             raise ValueError(f"v must have shape ({self.shape[0]},) or ({self.shape[0]}, k), got {shape}")
         rows = xp.astype(v[None, :] if len(shape) == 1 else xp.permute_dims(v, (1, 0)), self.dtype)
-        found = _products(self.model, self.x, xp, _unflatten(self.model, rows, xp), self._plan, self.ggn)
+        found = self._run(_unflatten(self.model, rows, xp), rows.shape[0])
         out = _flatten_columns(self.model, found, xp)  # (k, P)
         return out[0, :] if len(shape) == 1 else xp.permute_dims(out, (1, 0))
 
@@ -367,10 +450,20 @@ class ParameterOperator:
         return f"ParameterOperator({kind}, shape={self.shape})"
 
 
+@dask_aware("operator", product=parameter_hvp)
 def parameter_operator(
-    model: Sequential, x: Array, *, curvature: str = "hessian", chunk_size: int | None = None
+    model: Sequential,
+    x: Array,
+    *,
+    curvature: str = "hessian",
+    chunk_size: int | None = None,
+    max_memory: int | None = None,
+    progress: bool = False,
 ) -> ParameterOperator:
     """Matrix-free operator for the parameter Hessian or Gauss-Newton matrix at ``x``.
+
+    ``chunk_size``, ``max_memory`` and ``progress`` apply to each product, as in
+    :func:`parameter_hessian` (``MemoryError`` here already where one sample does not fit).
 
     Examples
     --------
@@ -381,4 +474,4 @@ def parameter_operator(
     >>> G.shape, (G @ np.ones(6)).shape
     ((6, 6), (6,))
     """
-    return ParameterOperator(model, x, curvature, chunk_size)
+    return ParameterOperator(model, x, curvature, chunk_size, max_memory, progress)

@@ -148,8 +148,9 @@ def test_x_not_an_array():
 
 # -- libraries and devices ----------------------------------------------------------------------
 def _other_backend(xp):
-    """A backend whose arrays must not be mixed with ``xp``'s."""
-    return make_backend("torch" if xp.name == "numpy" else "numpy")
+    """A backend whose arrays must not be mixed with ``xp``'s (a Dask ``x`` may go with a
+    NumPy model, see hessarray/_dask.py: torch for both)."""
+    return make_backend("torch" if xp.name in ("numpy", "dask") else "numpy")
 
 
 def _assert_names_both(msg, a, b):

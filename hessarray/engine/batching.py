@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from typing import Any
 
+import array_api_compat
+
+from .._allocator import keep_freed_memory
+from .._backend import device, is_eager_cpu
 from ..layers.base import Layer
 
 try:  # optional: limits BLAS threads while blocks run in parallel
@@ -74,21 +79,35 @@ def map_blocks(
     combine: tuple[str, ...],
     xp: Any,
     *extra: Any,
+    progress: Any = None,
 ) -> tuple:
     """Apply ``fn(layers, x_block, *extra_blocks)`` to blocks of ``chunk`` samples and
     combine the results. ``extra`` are more per-sample arrays, sliced like ``x``.
 
     ``combine[i]`` says how output ``i`` of the blocks is joined: ``"cat"`` along the batch
-    axis, ``"sum"`` added up, ``"none"`` (the output is ``None``).
+    axis, ``"sum"`` added up (in block order), ``"none"`` (the output is ``None``).
+
+    At most ``plan.workers`` blocks are in flight at once, and each block's ``"cat"``
+    results are written into an output allocated once (:class:`Joined`) as soon as the
+    block finishes, so that the blocks' working sets and the outputs are held, not the
+    outputs twice. ``progress``: a bar (tqdm's ``update``) advanced as blocks finish.
     """
+    before_run(xp, x)
     batch, chunk = x.shape[0], plan.chunk_size
     if chunk >= batch:
-        return fn(layers, x, *extra)
+        found = fn(layers, x, *extra)
+        if progress is not None:
+            progress.update(1)
+        return found
 
     def run(start: int) -> tuple:
         stop = min(start + chunk, batch)
         block = [layer.batch_slice(start, stop) for layer in layers]
-        return fn(block, x[start:stop, ...], *(a[start:stop, ...] for a in extra))
+        found = fn(block, x[start:stop, ...], *(a[start:stop, ...] for a in extra))
+        joined.put(start, stop, found)
+        if progress is not None:
+            progress.update(1)
+        return tuple(None if how == "cat" else a for a, how in zip(found, combine))
 
     def run_on_pool(start: int) -> tuple:
         # Only pool threads are marked: marking the caller's thread in a serial run would
@@ -96,31 +115,95 @@ def map_blocks(
         _busy.active = True  # hessarray calls made from here (a model's function) stay serial
         return run(start)
 
+    joined = Joined(xp, batch, combine)
     starts = range(0, batch, chunk)
     workers = min(plan.workers, len(starts))
+    sums: list[Any] = [None] * len(combine)
+
+    def add(found: tuple) -> None:
+        for i, how in enumerate(combine):
+            if how == "sum":
+                sums[i] = found[i] if sums[i] is None else sums[i] + found[i]
+
     if workers > 1 and not getattr(_busy, "active", False):
         limit = _blas_single_thread()
         _busy.active = True  # nested calls (a model's function calling hessarray) stay serial
         try:
             with limit:
-                parts = list(_executor(workers).map(run_on_pool, starts))
+                pool = _executor(workers)
+                pending: deque = deque()
+                for start in starts:  # in order, at most ``workers`` blocks in flight
+                    if len(pending) == workers:
+                        add(pending.popleft().result())
+                    pending.append(pool.submit(run_on_pool, start))
+                while pending:
+                    add(pending.popleft().result())
         finally:
             _busy.active = False
     else:
-        parts = [run(start) for start in starts]
-    out = []
-    for i, how in enumerate(combine):
-        items = [p[i] for p in parts]
-        if how == "cat":
-            out.append(xp.concat(items, axis=0))
-        elif how == "sum":
-            total = items[0]
-            for item in items[1:]:
-                total = total + item
-            out.append(total)
-        else:
-            out.append(None)
-    return tuple(out)
+        for start in starts:
+            add(run(start))
+    return tuple(joined.result(i) if how == "cat" else sums[i] for i, how in enumerate(combine))
+
+
+def before_run(xp: Any, x: Any) -> None:
+    """Process settings a computation on a CPU needs, made when one first runs (never by
+    planning): glibc keeps freed memory for NumPy's temporaries (:mod:`hessarray._allocator`)."""
+    if is_eager_cpu(xp, x):
+        keep_freed_memory()
+
+
+def writes_in_place(xp: Any, like: Any) -> bool:
+    """Whether blocks can be written into an output allocated by hessarray (slice assignment):
+    NumPy, CuPy, array-api-strict and torch tensors outside autograd; not JAX (immutable),
+    Dask (lazy: its graph joins blocks itself) or torch tensors that autograd tracks."""
+    if array_api_compat.is_jax_namespace(xp) or array_api_compat.is_dask_namespace(xp):
+        return False
+    if array_api_compat.is_torch_namespace(xp):
+        import torch
+
+        functorch = getattr(torch._C, "_functorch", None)
+        wrapped = functorch is not None and functorch.is_functorch_wrapped_tensor(like)
+        return not (like.requires_grad or wrapped)
+    return array_api_compat.is_writeable_array(like)
+
+
+class Joined:
+    """Blocks' ``"cat"`` results joined along the batch axis as they arrive.
+
+    Where the backend allows (:func:`writes_in_place`), the output of each ``"cat"`` result is
+    allocated when the first block arrives and every block is copied into its rows, so the
+    parts are freed as they come; elsewhere the parts are kept and concatenated at the end.
+    Safe to call from several threads (the blocks' rows are disjoint).
+    """
+
+    def __init__(self, xp: Any, batch: int, combine: tuple[str, ...]) -> None:
+        self.xp, self.batch, self.combine = xp, batch, combine
+        self.out: list[Any] = [None] * len(combine)
+        self.parts: list[list] = [[] for _ in combine]
+        self.lock = threading.Lock()
+
+    def put(self, start: int, stop: int, found: tuple) -> None:
+        for i, how in enumerate(self.combine):
+            if how != "cat":
+                continue
+            part = found[i]
+            with self.lock:
+                if self.out[i] is None and not self.parts[i]:
+                    if writes_in_place(self.xp, part):
+                        shape = (self.batch, *part.shape[1:])
+                        self.out[i] = self.xp.empty(shape, dtype=part.dtype, device=device(part))
+                out = self.out[i]
+                if out is None:
+                    self.parts[i].append((start, part))
+            if out is not None:
+                out[start:stop, ...] = part
+
+    def result(self, i: int) -> Any:
+        if self.out[i] is not None:
+            return self.out[i]
+        parts = [part for _, part in sorted(self.parts[i], key=lambda p: p[0])]
+        return self.xp.concat(parts, axis=0)
 
 
 def run_shared(fn: Callable[[], Any], workers: int) -> None:

@@ -6,6 +6,7 @@ backend), never from array values, so it is the same under ``jax.jit`` and on Da
 
 from __future__ import annotations
 
+import math
 import os
 import weakref
 from dataclasses import dataclass, field
@@ -14,9 +15,10 @@ from typing import Any
 import array_api_compat
 import numpy
 
-from .._allocator import keep_freed_memory
+from .. import _fused
 from .._backend import is_eager_cpu
 from ..layers.base import Layer
+from . import budget
 from .batching import default_workers
 
 MODES = ("auto", "forward", "reverse")
@@ -41,17 +43,31 @@ class Plan:
         added as ``Tᵀ diag(c) T`` (cost ``O(L n² d + L n d²)`` per sample, for ``d ≤ n``).
         ``"reverse"``: adjoints and Hessians pulled back (``O(L n³)``, for ``d > n``).
     chunk_size : int
-        Samples per block; the batch is processed block by block.
+        Samples per block: the batch runs block by block (one block when it is the batch
+        size). With ``fused``, samples per call of the compiled path.
     flops : dict
         Estimated multiply-adds per sample of each mode.
     workers : int
         Threads the blocks run on (NumPy only; see :mod:`hessarray.engine.batching`).
+    max_memory : int or None
+        The working-set budget in bytes the blocks were sized for: the caller's
+        ``max_memory``, or the default (:mod:`hessarray.engine.budget`); ``None``: no limit
+        (Dask, whose own chunks bound each task).
+    working_set : int
+        Estimated bytes the blocks in flight hold at most, besides the outputs (within
+        ``max_memory``, unless one sample alone needs more under the default budget).
+    fused : bool
+        Whether NumPy's compiled whole-network path runs (a tanh MLP or a residual tanh
+        network, :mod:`hessarray.engine.tanh_mlp`), in tiles of its own.
     """
 
     mode: str
     chunk_size: int
     flops: dict[str, float] = field(default_factory=dict)
     workers: int = 1
+    max_memory: int | None = None
+    working_set: int = 0
+    fused: bool = False
 
 
 #: ``mode="auto"`` takes the reverse mode only when its FLOP estimate is this many times
@@ -135,49 +151,193 @@ def make_plan(
     mode: str = "auto",
     chunk_size: int | None = None,
     hessian: bool = True,
+    part: str = "full",
+    directions: int | None = None,
+    max_memory: int | None = None,
+    block_bytes: int = 0,
+    sample_bytes: int = 0,
+    fused: bool = False,
 ) -> Plan:
     """Choose the mode (by the FLOP estimates when ``mode="auto"``, :func:`pick_mode`) and
     the block size.
 
     ``batch`` samples enter ``layers`` with width ``d``; ``x`` (the user's input) tells only
-    the backend, device and dtype.
+    the backend, device and dtype. The block size keeps the blocks in flight within
+    ``max_memory`` bytes (default: :func:`.budget.default_budget`), by the working set that
+    :func:`working_set` estimates for what is formed: the Hessian's ``part`` (``"full"``,
+    ``"diag"``, ``"trace"``, or ``"hvp"`` with ``directions`` vectors), plus ``block_bytes``
+    per block (sums over the batch, formed whatever the block size) and ``sample_bytes`` per
+    sample. ``fused``: the caller runs a compiled whole-network path where one applies.
+
+    Pure: it reads shapes, dtypes and the device's free memory, and changes nothing.
+
+    Raises
+    ------
+    MemoryError
+        When ``max_memory`` is smaller than one sample's working set (the message gives the
+        minimum).
     """
     check_mode(mode)
+    max_memory = budget.check_max_memory(max_memory)
+    settings = (mode, chunk_size, hessian, part, directions, max_memory, block_bytes, sample_bytes, fused)
     if type(x) is numpy.ndarray:
         # NumPy calls on small batches are call-bound: the plan is remembered per chain,
-        # shape, dtype and settings (it depends on nothing else there).
-        key = (batch, d, x.dtype, mode, chunk_size, hessian, os.environ.get("HESSARRAY_THREADS"))
-        return remembered(_PLANS, layers, key, lambda: _make_plan(layers, batch, d, x, xp, mode, chunk_size, hessian))
-    return _make_plan(layers, batch, d, x, xp, mode, chunk_size, hessian)
+        # shape, dtype and settings (it depends on nothing else there: its default budget
+        # is fixed).
+        key = (batch, d, x.dtype, *settings, _fused.ENABLED, os.environ.get("HESSARRAY_THREADS"))
+        return remembered(_PLANS, layers, key, lambda: _make_plan(layers, batch, d, x, xp, *settings))
+    return _make_plan(layers, batch, d, x, xp, *settings)
 
 
 def _make_plan(
-    layers: list[Layer], batch: int, d: int, x: Any, xp: Any, mode: str, chunk_size: int | None, hessian: bool
+    layers: list[Layer],
+    batch: int,
+    d: int,
+    x: Any,
+    xp: Any,
+    mode: str,
+    chunk_size: int | None,
+    hessian: bool,
+    part: str,
+    directions: int | None,
+    max_memory: int | None,
+    block_bytes: int,
+    sample_bytes: int,
+    fused: bool,
 ) -> Plan:
     flops, m, widest = estimate(layers, d, hessian)
     flops = dict(flops)
     if mode == "auto":
         mode = pick_mode(flops)
+    if chunk_size is not None and int(chunk_size) < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
+    item = 4 if x.dtype == xp.float32 else 8
+    limit = max_memory if max_memory is not None else budget.default_budget(xp, x)
+    workers = default_workers() if array_api_compat.is_numpy_namespace(xp) or xp is numpy else 1
+    if fused and hessian and mode == "forward" and part != "hvp" and whole_network_applies(layers, x):
+        return _fused_plan(layers, batch, d, item, part, chunk_size, max_memory, limit, flops, workers)
     eager_cpu = is_eager_cpu(xp, x)
-    if eager_cpu:
-        keep_freed_memory()  # NumPy's temporaries would otherwise fault in fresh pages
+    per_sample = sample_bytes + item * working_set(layers, d, mode, hessian, part, directions)
+    weights = sum(math.prod(a.shape) for layer in layers for a in layer.parameters().values())
+    per_block = block_bytes + 2 * item * weights  # the weights' transposed and contiguous copies
     if chunk_size is not None:
-        if int(chunk_size) < 1:
-            raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
         chunk = int(chunk_size)
     elif eager_cpu:
-        item = 4 if x.dtype == xp.float32 else 8
         if mode == "forward":
-            per_sample = item * widest * (1 + d + m + m * d)
+            cache_bytes = item * widest * (1 + d + m + m * d)
         else:
-            per_sample = item * widest * (1 + m + m * widest)
-        chunk = max(16, BLOCK_BYTES // max(per_sample, 1))
+            cache_bytes = item * widest * (1 + m + m * widest)
+        chunk = max(16, BLOCK_BYTES // max(cache_bytes, 1))
     else:  # GPUs, XLA and Dask schedule large blocks themselves
         chunk = max(batch, 1)
-    workers = default_workers() if array_api_compat.is_numpy_namespace(xp) or xp is numpy else 1
+    if limit is not None:
+        need = per_block + per_sample
+        if max_memory is not None and max_memory < need:
+            raise MemoryError(
+                f"max_memory={max_memory} bytes is too small: one sample needs at least {need} bytes "
+                f"(block of 1 sample: {per_sample} bytes, plus {per_block} bytes per block); "
+                f"raise max_memory to at least {need}"
+            )
+        # Each thread holds one block: fewer threads where the budget holds fewer blocks.
+        workers = max(1, min(workers, limit // need))
+        chunk = min(chunk, max(1, (limit // workers - per_block) // per_sample))
     if chunk_size is None and eager_cpu:
         chunk = balanced_chunk(batch, chunk, workers)
-    return Plan(mode, max(1, min(chunk, max(batch, 1))), flops, workers)
+    chunk = max(1, min(chunk, max(batch, 1)))
+    blocks = -(-max(batch, 1) // chunk)
+    in_flight = min(workers, blocks)
+    return Plan(mode, chunk, flops, workers, limit, in_flight * (per_block + chunk * per_sample), False)
+
+
+def whole_network_applies(layers: list[Layer], x: Any) -> bool:
+    """Whether a compiled whole-network path computes ``layers`` at ``x`` (NumPy only)."""
+    from . import tanh_mlp, tanh_resnet
+
+    return tanh_mlp.applies(layers, x) or tanh_resnet.applies(layers, x)
+
+
+def _fused_plan(layers, batch, d, item, part, chunk_size, max_memory, limit, flops, workers) -> Plan:
+    """The plan of a compiled whole-network path (:mod:`.tanh_mlp`, :mod:`.tanh_resnet`):
+    chunks of the batch run one after another, each call sharing its tiles among the threads.
+
+    The calls write the value, Jacobian and full Hessian into the outputs; what they hold
+    besides is each thread's tile buffers, and the ``(B, k, k)`` Hessian where only its
+    diagonal or trace is asked for or where it is mapped back from ``k = n`` seeds to ``d``.
+    """
+    from .tanh_mlp import TILE
+
+    n = layers[0].out_width(d)
+    narrowed = d > n
+    k = n if narrowed else d
+    per_sample = 0 if part == "full" and not narrowed else item * (2 + k * k + 2 * k * d + (d * d if narrowed else 0))
+    widest, depth = d, 0
+    width = d
+    for layer in layers:
+        width = layer.out_width(width)
+        widest, depth = max(widest, width), depth + 1
+    per_block = workers * item * TILE * widest * (2 * depth + 8 + 2 * k)
+    chunk = max(batch, 1) if chunk_size is None else int(chunk_size)
+    if limit is not None and per_sample:
+        need = per_block + per_sample
+        if max_memory is not None and max_memory < need:
+            raise MemoryError(
+                f"max_memory={max_memory} bytes is too small: one sample needs at least {need} bytes "
+                f"(1 sample: {per_sample} bytes, plus {per_block} bytes of tile buffers); "
+                f"raise max_memory to at least {need}"
+            )
+        fit = max(1, (limit - per_block) // per_sample)
+        if fit < chunk:  # whole tiles per call where the budget allows
+            chunk = fit // TILE * TILE if fit >= TILE else fit
+    chunk = max(1, min(chunk, max(batch, 1)))
+    return Plan("forward", chunk, flops, workers, limit, per_block + chunk * per_sample, True)
+
+
+def working_set(layers: list[Layer], d: int, mode: str, hessian: bool, part: str, directions: int | None) -> int:
+    """Array elements one sample holds at most while a block of the portable passes runs
+    (its own results included), from the layer widths alone (remembered per chain).
+
+    An upper estimate: every layer's caches (4 per unit) and adjoints (``m`` per unit), the
+    tangents in flight, the Hessian term being formed and the accumulated one (each counted
+    four times: term, sum, symmetrized copy, map back from reduced seeds), and the block's
+    results. Checked against tracemalloc's peak in ``tests/test_memory_budget.py``.
+    """
+    key = (d, mode, hessian, part, directions)
+    return remembered(_WORKING, layers, key, lambda: _working_set(layers, d, mode, hessian, part, directions))
+
+
+_WORKING: dict[tuple, tuple] = {}
+
+
+def _working_set(layers: list[Layer], d: int, mode: str, hessian: bool, part: str, directions: int | None) -> int:
+    widths = [d]
+    seeded = None  # the width where per-sample tangents start (the first layer with curvature)
+    for layer in layers:
+        if seeded is None and not layer.affine:
+            seeded = widths[-1]
+        widths.append(layer.out_width(widths[-1]))
+    m, widest, units = widths[-1], max(widths), sum(widths)
+    caches = 4 * units
+    k = min(d, seeded if seeded is not None else d)  # seeds in the narrower space (forward_mode)
+    if not hessian:  # the Jacobian: k tangents forward or m adjoints back
+        return _SAFETY * (caches + 3 * (k if mode == "forward" else m) * widest + m * (1 + d)) // 4
+    adjoints = m * units
+    if part == "hvp":  # k directions forward, their second-order adjoints back
+        k = d if directions is None else directions
+        found = caches + adjoints + 3 * (1 + m) * k * units + 4 * m * d * k + m * (1 + d) + k * d
+        return _SAFETY * found // 4
+    results = m * (1 + d + {"full": d * d, "diag": d, "trace": 1}[part])
+    if mode == "reverse":
+        return _SAFETY * (caches + adjoints + 4 * m * widest * widest + results) // 4
+    if k < d:  # the (k, k) Hessian formed in full, then mapped back to d
+        term = 4 * m * k * k + m * {"full": k * d + d * d, "diag": k * d, "trace": k * k}[part]
+    else:
+        term = 4 * m * {"full": d * d, "diag": d, "trace": 1}[part]
+    return _SAFETY * (caches + adjoints + (3 + 2 * m) * k * widest + term + results) // 4
+
+
+#: The working set is estimated 5/4 of the largest measured (tracemalloc's peak over the
+#: outputs came within 1 % of the plain count for a residual network's Laplacian).
+_SAFETY = 5
 
 
 def balanced_chunk(batch: int, chunk: int, workers: int) -> int:

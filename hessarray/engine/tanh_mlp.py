@@ -107,6 +107,24 @@ def _outputs(out: Dense, total: bool, batch: int, k: int, dtype: Any) -> tuple:
     return g_last, b_out, y, numpy.empty((batch, 1, k), dtype), numpy.empty((batch, 1, k, k), dtype)
 
 
+def _applicable(layers: list, x: Any) -> tuple | None:
+    """:func:`_match`'s layers where this path computes ``layers`` at ``x`` exactly, else ``None``."""
+    if not (_HAVE_BLAS and _fused.ENABLED and type(x) is numpy.ndarray and x.ndim == 2):
+        return None
+    batch, d = x.shape
+    if x.dtype not in _fused._FLOATS or batch == 0 or d > _fused.MAX_K:
+        return None
+    matched = _match(layers, x)
+    if matched is None or d > matched[0][0].weight.shape[0]:  # the engine seeds a narrower space there
+        return None
+    return matched
+
+
+def applies(layers: list, x: Any) -> bool:
+    """Whether :func:`tanh_mlp_derivatives` computes ``layers`` at ``x`` (for the plan)."""
+    return _applicable(layers, x) is not None
+
+
 def tanh_mlp_derivatives(layers: list, x: Any, part: str, workers: int = 1) -> tuple[Any, Any, Any] | None:
     """Value ``(B, 1)``, Jacobian ``(B, 1, d)`` and Hessian part (as
     :func:`~hessarray.engine.forward.forward_mode`) of a tanh MLP, or ``None`` where this path
@@ -114,17 +132,11 @@ def tanh_mlp_derivatives(layers: list, x: Any, part: str, workers: int = 1) -> t
 
     The batch's tiles are shared out among ``workers`` threads as they go (each call of the
     kernel claims the next tile from a shared counter; :func:`.batching.run_shared`)."""
-    if not (_HAVE_BLAS and _fused.ENABLED and type(x) is numpy.ndarray and x.ndim == 2):
-        return None
-    batch, d = x.shape
-    if x.dtype not in _fused._FLOATS or batch == 0 or d > _fused.MAX_K:
-        return None
-    matched = _match(layers, x)
+    matched = _applicable(layers, x)
     if matched is None:
         return None
+    batch, d = x.shape
     hidden, out, total = matched  # total: several outputs, then Sum
-    if d > hidden[0].weight.shape[0]:  # the engine seeds a narrower space there
-        return None
     dtype = x.dtype
     g_last, b_out, y, jac, hess = _outputs(out, total, batch, d, dtype)
     biases = tuple(

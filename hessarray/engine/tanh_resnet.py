@@ -64,24 +64,36 @@ def _match(layers: list, x: Any) -> tuple | None:
     return first, type(body[1]) is LogCosh, blocks, out, tail_sum
 
 
-def tanh_resnet_derivatives(layers: list, x: Any, part: str, workers: int = 1) -> tuple[Any, Any, Any] | None:
-    """Value ``(B, 1)``, Jacobian ``(B, 1, d)`` and Hessian part (as
-    :func:`~hessarray.engine.forward.forward_mode`) of a residual tanh network, or ``None``
-    where this path does not apply. Tiles are shared out among ``workers`` threads."""
+def _applicable(layers: list, x: Any) -> tuple | None:
+    """:func:`_match`'s layers where this path computes ``layers`` at ``x`` exactly, else ``None``."""
     if not (tanh_mlp._HAVE_BLAS and _fused.ENABLED and type(x) is numpy.ndarray and x.ndim == 2):
         return None
     batch, d = x.shape
     if x.dtype not in _fused._FLOATS or batch == 0:
         return None
     matched = _match(layers, x)
+    if matched is None or min(d, matched[0].weight.shape[0]) > _fused.MAX_K:  # k tangent directions
+        return None
+    return matched
+
+
+def applies(layers: list, x: Any) -> bool:
+    """Whether :func:`tanh_resnet_derivatives` computes ``layers`` at ``x`` (for the plan)."""
+    return _applicable(layers, x) is not None
+
+
+def tanh_resnet_derivatives(layers: list, x: Any, part: str, workers: int = 1) -> tuple[Any, Any, Any] | None:
+    """Value ``(B, 1)``, Jacobian ``(B, 1, d)`` and Hessian part (as
+    :func:`~hessarray.engine.forward.forward_mode`) of a residual tanh network, or ``None``
+    where this path does not apply. Tiles are shared out among ``workers`` threads."""
+    matched = _applicable(layers, x)
     if matched is None:
         return None
+    batch, d = x.shape
     first, logcosh, blocks, out, total = matched
     n = first.weight.shape[0]
     narrowed = d > n  # tangents seeded in the first layer's n outputs
     k = n if narrowed else d
-    if k > _fused.MAX_K:
-        return None
     dtype = x.dtype
     c = tanh_mlp._c_array
     w0t = c(first.weight.T)
