@@ -5,12 +5,16 @@ Backends (the ``backend`` parameter of every benchmark):
 ``numpy``
     NumPy on the CPU.
 ``torch``
-    PyTorch, on the first CUDA device when there is one, else on the CPU.
+    PyTorch on the CPU.
 ``jax``
-    JAX on its default device; every call is compiled with ``jax.jit`` (the arrays are passed
-    as arguments) and finished with ``block_until_ready``.
+    JAX on the CPU; every call is compiled with ``jax.jit`` (the arrays are passed as
+    arguments) and finished with ``block_until_ready``.
 ``cupy``
     CuPy on the current CUDA device; skipped without a GPU.
+``torch:cuda``
+    PyTorch on the first CUDA device; skipped without one.
+``jax:cuda``
+    JAX (compiled, as ``jax``) on the first GPU device; skipped without one.
 
 A backend that is not installed, or has no device here, makes ``setup`` raise
 ``NotImplementedError``: asv then reports the benchmark as skipped (``n/a``), not failed.
@@ -37,7 +41,8 @@ except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     import hessarray as ha
 
-BACKENDS = ["numpy", "torch", "jax", "cupy"]
+#: The last three run on a GPU (``asv_bench/gpu_check.sh`` runs those; skipped without one).
+BACKENDS = ["numpy", "torch", "jax", "cupy", "torch:cuda", "jax:cuda"]
 
 # Import the optional libraries once, up front: with asv's "forkserver" launch method (set in
 # asv.conf.json) every benchmark process is forked from one that has them loaded already,
@@ -84,14 +89,17 @@ class NumpyBackend(Backend):
 class TorchBackend(Backend):
     name = "torch"
 
-    def __init__(self) -> None:
+    def __init__(self, cuda: bool = False) -> None:
         try:
             import torch
         except ImportError:
             raise NotImplementedError("torch is not installed") from None
+        if cuda and not torch.cuda.is_available():
+            raise NotImplementedError("torch has no CUDA device here")
         self.torch = torch
-        self.gpu = bool(torch.cuda.is_available())
-        self.device = torch.device("cuda") if self.gpu else torch.device("cpu")
+        self.gpu = cuda
+        self.name = "torch:cuda" if cuda else "torch"
+        self.device = torch.device("cuda", 0) if cuda else torch.device("cpu")
 
     def asarray(self, a):
         return self.torch.asarray(np.ascontiguousarray(a), device=self.device)
@@ -114,16 +122,20 @@ class TorchBackend(Backend):
 class JaxBackend(Backend):
     name = "jax"
 
-    def __init__(self) -> None:
+    def __init__(self, gpu: bool = False) -> None:
         try:
             import jax
             import jax.numpy as jnp
         except ImportError:
             raise NotImplementedError("jax is not installed") from None
         jax.config.update("jax_enable_x64", True)
+        try:
+            self.dev = jax.devices("gpu" if gpu else "cpu")[0]
+        except RuntimeError as exc:  # no GPU backend (CPU-only jaxlib, or no device)
+            raise NotImplementedError(f"jax has no {'GPU' if gpu else 'CPU'} device here: {exc}") from None
         self.jax, self.jnp = jax, jnp
-        self.dev = jax.devices()[0]
-        self.gpu = self.dev.platform != "cpu"
+        self.gpu = gpu
+        self.name = "jax:cuda" if gpu else "jax"
 
     def asarray(self, a):
         return self.jax.device_put(self.jnp.asarray(a), self.dev)
@@ -177,7 +189,14 @@ class CupyBackend(Backend):
         return int(self.cupy.get_default_memory_pool().total_bytes() - self._base)
 
 
-_BACKENDS = {"numpy": NumpyBackend, "torch": TorchBackend, "jax": JaxBackend, "cupy": CupyBackend}
+_BACKENDS = {
+    "numpy": NumpyBackend,
+    "torch": TorchBackend,
+    "jax": JaxBackend,
+    "cupy": CupyBackend,
+    "torch:cuda": lambda: TorchBackend(cuda=True),
+    "jax:cuda": lambda: JaxBackend(gpu=True),
+}
 
 
 def get_backend(name: str) -> Backend:
