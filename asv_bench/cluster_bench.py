@@ -26,16 +26,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import pathlib
 import resource
 import statistics
 import time
 
 import numpy as np
+from doc_section import markers, write_section
 
 import hessarray as ha
 
-BEGIN, END = "<!-- cluster-bench:begin -->", "<!-- cluster-bench:end -->"
+BEGIN, END = markers("cluster-bench")
 
 
 def make_model(rng: np.random.Generator, d: int = 4, width: int = 64) -> ha.Sequential:
@@ -174,14 +174,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.write:
-        path = pathlib.Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
-        old = path.read_text() if path.exists() else "# Benchmarks\n"
-        if BEGIN in old and END in old:
-            head, rest = old.split(BEGIN, 1)
-            new = head + text + rest.split(END, 1)[1]
-        else:
-            new = old.rstrip("\n") + "\n\n" + text + "\n"
-        path.write_text(new)
+        write_section(text, BEGIN, END)
 
 
 if __name__ == "__main__":

@@ -17,16 +17,16 @@ in ``docs/benchmarks.md``.
 from __future__ import annotations
 
 import argparse
-import pathlib
 import statistics
 import time
 import tracemalloc
 
 import numpy as np
+from doc_section import markers, write_section
 
 import hessarray as ha
 
-BEGIN, END = "<!-- curvature-bench:begin -->", "<!-- curvature-bench:end -->"
+BEGIN, END = markers("curvature-bench")
 
 
 def median_time(fn, repeats: int = 5) -> float:
@@ -184,12 +184,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.write:
-        path = pathlib.Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
-        old = path.read_text() if path.exists() else "# Benchmarks\n"
-        if BEGIN in old and END in old:
-            head, rest = old.split(BEGIN, 1)
-            old = head + rest.split(END, 1)[1].lstrip("\n")
-        path.write_text(old.rstrip("\n") + "\n\n" + text + "\n")
+        write_section(text, BEGIN, END)
 
 
 if __name__ == "__main__":

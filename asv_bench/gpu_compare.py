@@ -916,13 +916,11 @@ def section(work: Path, smoke: bool = False) -> str:
 
 def write_section(text: str, docs: Path) -> None:
     """Replace the marked section of ``docs`` in place (or append it when absent)."""
-    old = docs.read_text() if docs.exists() else "# Benchmarks\n"
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        new = head + text.rstrip("\n") + rest.split(END, 1)[1]
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    docs.write_text(new)
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
+    import doc_section
+
+    doc_section.write_section(text, BEGIN, END, docs)
 
 
 def report(work: Path, docs: Path | None, smoke: bool = False) -> int:

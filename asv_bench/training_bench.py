@@ -22,17 +22,17 @@ from __future__ import annotations
 
 import argparse
 import math
-import pathlib
 import platform
 import statistics
 import time
 from collections.abc import Callable
 
 import numpy as np
+from doc_section import markers, write_section
 
 import hessarray as ha
 
-BEGIN, END = "<!-- training-bench:begin -->", "<!-- training-bench:end -->"
+BEGIN, END = markers("training-bench")
 D, WIDTH, HIDDEN = 2, 64, 3
 #: (torch.func / hessarray on torch, JAX / hessarray on JAX, folx / hessarray on JAX): at least these.
 TARGETS = {"torch": 1.5, "jax": 1.3, "folx": 1.0}
@@ -227,12 +227,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.write:
-        path = pathlib.Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
-        old = path.read_text() if path.exists() else "# Benchmarks\n"
-        if BEGIN in old and END in old:
-            head, rest = old.split(BEGIN, 1)
-            old = head + rest.split(END, 1)[1].lstrip("\n")
-        path.write_text(old.rstrip("\n") + "\n\n" + text + "\n")
+        write_section(text, BEGIN, END)
 
 
 if __name__ == "__main__":
