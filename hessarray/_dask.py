@@ -37,7 +37,7 @@ from ._backend import array_namespace, check_inputs, describe
 from .engine import batching
 from .model import Sequential
 
-__all__ = ["SPLIT_EVERY", "DaskParameterOperator", "dask_aware"]
+__all__ = ["SPLIT_EVERY", "dask_aware"]
 
 #: Partial sums added per node of the tree reduction of summed results.
 SPLIT_EVERY = 8
@@ -63,7 +63,7 @@ def dask_aware(kind: str, batched: tuple[str, ...] = (), product: Callable | Non
         Whether the results keep the batch axis: always, never, unless ``wrt`` is given without
         ``per_sample=True``, or only with ``per_sample=True``. ``"operator"``: ``fn`` returns a
         matrix-free operator whose products are ``product(model, x, v, **options)`` (a
-        ``"summed"`` function), returned as a :class:`DaskParameterOperator`.
+        ``"summed"`` function), returned as a :class:`hessarray.parameters.DaskParameterOperator`.
     batched : tuple of str
         Names of further per-sample array arguments (rows matching ``x``'s), chunked like ``x``.
     product : callable, optional
@@ -115,6 +115,8 @@ def _dispatch(fn, signature, kind, batched, product, args, kwargs) -> Any:
         layer.check_batch(batch)
     model.output_width(d)
     if kind == "operator":
+        from .parameters import DaskParameterOperator  # parameters imports this module
+
         return DaskParameterOperator(fn, product, model, x, arguments)
     per_sample = _KINDS[kind](arguments)
     rows = x2.chunks[0]
@@ -387,48 +389,3 @@ def _tree_map(fn: Callable, tree: Any) -> Any:
     if isinstance(tree, tuple | list):
         return type(tree)(_tree_map(fn, value) for value in tree)
     return fn(tree)
-
-
-# -- matrix-free operators ------------------------------------------------------------------------
-class DaskParameterOperator:
-    """A :class:`hessarray.ParameterOperator` at a Dask ``x``: each product ``A @ v`` is a lazy
-    tree reduction of one product per batch chunk (see :func:`hessarray.parameter_hvp`).
-
-    ``v`` may be a NumPy/CuPy or a Dask array (or a mapping of names to them); the result is
-    a Dask array (or a mapping of them).
-    """
-
-    def __init__(self, operator: Callable, product: Callable, model: Sequential, x: Any, options: dict) -> None:
-        # One probe call checks the options (curvature name, a loss for Gauss-Newton).
-        xp = array_namespace(x._meta)
-        probe_model = model.map_arrays(
-            lambda n, a: xp.zeros(a.shape, dtype=a.dtype) if array_api_compat.is_dask_array(a) else a
-        )
-        probe_model = Sequential(*(layer.batch_slice(0, 1) for layer in probe_model.layers))
-        operator(probe_model, xp.zeros((1, x.shape[-1]), dtype=x.dtype), **options)
-        self._product, self.model, self.x, self._options = product, model, x, options
-        total = sum(_size(a) for a in model.parameters().values())
-        self.shape = (total, total)
-        self.dtype = x.dtype
-        self.ggn = options.get("curvature", "hessian") == "gauss_newton"
-
-    def _apply(self, v: Any) -> Any:
-        return self._product(self.model, self.x, v, **self._options)
-
-    def matvec(self, v: Any) -> Any:
-        """``A v`` for a flat vector ``(P,)``, a matrix ``(P, k)`` or a name mapping, lazily."""
-        return self._apply(v)
-
-    def __matmul__(self, v: Any) -> Any:
-        return self._apply(v)
-
-    def __repr__(self) -> str:
-        kind = "GaussNewton" if self.ggn else "Hessian"
-        return f"ParameterOperator({kind}, shape={self.shape}, dask)"
-
-
-def _size(a: Any) -> int:
-    n = 1
-    for s in a.shape:
-        n *= s
-    return n

@@ -10,7 +10,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ._backend import device
+from array_api_compat import is_dask_array
+
+from ._backend import array_namespace, device
 from ._dask import dask_aware
 from .api import _check_model
 from .engine.batching import map_blocks
@@ -447,7 +449,36 @@ class ParameterOperator:
 
     def __repr__(self) -> str:
         kind = "GaussNewton" if self.ggn else "Hessian"
-        return f"ParameterOperator({kind}, shape={self.shape})"
+        return f"ParameterOperator({kind}, shape={self.shape}{self._where})"
+
+    _where = ""
+
+
+class DaskParameterOperator(ParameterOperator):
+    """A :class:`ParameterOperator` at a Dask ``x``: each product ``A @ v`` is a lazy tree
+    reduction of one product per batch chunk (see :func:`parameter_hvp`).
+
+    ``v`` may be a NumPy/CuPy or a Dask array (or a mapping of names to them); the result is
+    a Dask array (or a mapping of them).
+    """
+
+    _where = ", dask"
+
+    def __init__(self, operator: Any, product: Any, model: Sequential, x: Array, options: dict) -> None:
+        # One probe call on a sample of zeros checks the options (curvature name, a loss for
+        # Gauss-Newton) now rather than at compute time.
+        xp = array_namespace(x._meta)
+        probe = model.map_arrays(lambda n, a: xp.zeros(a.shape, dtype=a.dtype) if is_dask_array(a) else a)
+        probe = Sequential(*(layer.batch_slice(0, 1) for layer in probe.layers))
+        operator(probe, xp.zeros((1, x.shape[-1]), dtype=x.dtype), **options)
+        self._product, self.model, self.x, self._options = product, model, x, options
+        total = sum(_size(a) for a in model.parameters().values())
+        self.shape = (total, total)
+        self.dtype = x.dtype
+        self.ggn = options.get("curvature", "hessian") == "gauss_newton"
+
+    def _apply(self, v: Any) -> Any:
+        return self._product(self.model, self.x, v, **self._options)
 
 
 @dask_aware("operator", product=parameter_hvp)

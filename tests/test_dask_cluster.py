@@ -225,3 +225,11 @@ def test_feature_chunks_on_a_cluster(client):
     with pytest.warns(UserWarning, match="feature axis"):
         got = ha.laplacian(model, da.from_array(X, chunks=(CHUNK, 1)))
     np.testing.assert_allclose(got.compute(), ha.laplacian(scalar_model(), X), rtol=0, atol=TOL)
+
+
+def test_operator_is_a_parameter_operator():
+    model, x = scalar_model(), np.random.default_rng(3).standard_normal((12, 3))
+    op = ha.parameter_operator(model, da.from_array(x, chunks=4), curvature="gauss_newton")
+    assert isinstance(op, ha.ParameterOperator)
+    assert op.shape == ha.parameter_operator(model, x).shape
+    assert repr(op).endswith(", dask)")
