@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import platform
 import statistics
 import time
@@ -33,6 +34,9 @@ from doc_section import markers, write_section
 import hessarray as ha
 
 BEGIN, END = markers("training-bench")
+#: XLA's CPU flag that turns its YNNPACK fusions off (``--no-ynn``): on XLA's CPU backend they join
+#: the tangents' matrix products and the elementwise work around them into one fusion.
+NO_YNN = "--xla_cpu_experimental_ynn_fusion_type="
 D, WIDTH, HIDDEN = 2, 64, 3
 #: (torch.func / hessarray on torch, JAX / hessarray on JAX, folx / hessarray on JAX): at least these.
 TARGETS = {"torch": 1.5, "jax": 1.3, "folx": 1.0}
@@ -166,7 +170,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smoke run: batch 512, float64, two rounds")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--torch-threads", type=int, default=None, help="torch's intra-op threads (default: its own)")
+    parser.add_argument(
+        "--no-ynn",
+        action="store_true",
+        help=f"every JAX system without XLA's YNNPACK CPU fusions (XLA_FLAGS={NO_YNN}); writes its own section",
+    )
     args = parser.parse_args()
+    begin, end = (BEGIN, END)
+    if args.no_ynn:  # before JAX starts its backend, for every JAX system of the run alike
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + NO_YNN).strip()
+        begin, end = markers("training-bench-no-ynn")
     rounds = 2 if args.quick else args.rounds
     cases = [(512, "float64")] if args.quick else [(b, t) for b in (4096, 16384) for t in ("float64", "float32")]
     rng = np.random.default_rng(0)
@@ -176,8 +189,12 @@ def main() -> None:
 
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
-    lines = [BEGIN, "## PINN training step through the Laplacian (PyTorch autograd and jax.grad)", ""]
+    title = "## PINN training step through the Laplacian (PyTorch autograd and jax.grad)"
+    if args.no_ynn:
+        title += ", XLA's YNNPACK fusions off"
+    lines = [begin, title, ""]
     flags = f" --torch-threads {args.torch_threads}" if args.torch_threads else ""
+    flags += " --no-ynn" if args.no_ynn else ""
     lines += [
         f"Command: `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python asv_bench/training_bench.py{flags} --write`",
         "",
@@ -223,11 +240,11 @@ def main() -> None:
     lines += ["### Targets (same run)", "", "| target | ratio | met |", "|---|---|---|"]
     for label, want, ratio in verdicts:
         lines.append(f"| {label}: ≥ {want:.1f}× | {ratio:.2f}× | {'met' if ratio >= want else 'missed'} |")
-    lines += ["", END]
+    lines += ["", end]
     text = "\n".join(lines)
     print(text)
     if args.write:
-        write_section(text, BEGIN, END)
+        write_section(text, begin, end)
 
 
 if __name__ == "__main__":
