@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import os
 import sys
 import threading
@@ -94,6 +95,8 @@ def _dispatch(fn, signature, kind, batched, product, args, kwargs) -> Any:
 
     arguments = dict(signature.bind(*args, **kwargs).arguments)
     model, x = arguments.pop("model"), arguments.pop("x")
+    # Each task would draw a bar of its own chunks: Dask's own progress reporting covers a run.
+    arguments.pop("progress", None)
     if not isinstance(model, Sequential):
         raise TypeError(f"model must be a hessarray.Sequential, got {type(model).__name__}")
     meta = x._meta
@@ -111,6 +114,17 @@ def _dispatch(fn, signature, kind, batched, product, args, kwargs) -> Any:
         )
         x2 = x2.rechunk({1: -1})
     batch, d = x2.shape
+    rows = x2.chunks[0]
+    # The model's arrays: per-sample ones (their batch_slice differs) are chunked like x,
+    # the others go into the one key that holds the model.
+    sliced = dict(Sequential(*(layer.batch_slice(0, 1) for layer in model.layers)).arrays())
+    whole = dict(model.arrays())
+    matched = [n for n, a in whole.items() if sliced[n] is not a] + [n for n in batched if n in arguments]
+    if matched and any(math.isnan(r) for r in rows):
+        raise ValueError(
+            f"x has unknown chunk sizes along its batch axis (chunks {rows}), but {', '.join(matched)} must be "
+            f"split like its rows: call x.compute_chunk_sizes() first"
+        )
     for layer in model.layers:
         layer.check_batch(batch)
     model.output_width(d)
@@ -119,7 +133,6 @@ def _dispatch(fn, signature, kind, batched, product, args, kwargs) -> Any:
 
         return DaskParameterOperator(fn, product, model, x, arguments)
     per_sample = _KINDS[kind](arguments)
-    rows = x2.chunks[0]
 
     # Per-sample arguments (hvp's v): Dask arrays of x's library, chunked like x.
     extra_batched = {}
@@ -141,10 +154,6 @@ def _dispatch(fn, signature, kind, batched, product, args, kwargs) -> Any:
         v = v[None, ...] if single else v
         extra_batched[name] = _chunked_like(v, rows)
 
-    # The model's arrays: per-sample ones (their batch_slice differs) are chunked like x,
-    # the others go into the one key that holds the model.
-    sliced = dict(Sequential(*(layer.batch_slice(0, 1) for layer in model.layers)).arrays())
-    whole = dict(model.arrays())
     per_sample_arrays = {n: _chunked_like(da.asarray(a), rows) for n, a in whole.items() if sliced[n] is not a}
     shared = {n: a for n, a in whole.items() if n not in per_sample_arrays}
     skeleton = model.map_arrays(lambda n, a: _placeholder(da, a))
@@ -224,7 +233,7 @@ def _check_libraries(model: Sequential, x: Any, meta: Any) -> None:
         other, b = arrays[lazy.index(True)]
         raise TypeError(
             f"the model mixes array libraries: {name} is {describe(a)} but {other} is {describe(b)}; "
-            f"convert them to one library"
+            f"move the model to one library, e.g. model.to(dask.array) or model.to(numpy)"
         )
     chunk_type = type(meta).__name__
     for name, a in arrays:
@@ -234,7 +243,8 @@ def _check_libraries(model: Sequential, x: Any, meta: Any) -> None:
         except TypeError:
             raise TypeError(
                 f"the model and its input live in different array libraries: {name} is {describe(a)} but x is "
-                f"{describe(x)} with {chunk_type} chunks; use a model of {chunk_type} or Dask arrays"
+                f"{describe(x)} with {chunk_type} chunks; use a model of {chunk_type} or Dask arrays, e.g. "
+                f"model.to({type(meta).__module__.split('.')[0]})"
             ) from None
     check_inputs(meta, [])  # x's dtype
 

@@ -18,7 +18,8 @@ from ._backend import device, is_array_api_obj
 from .engine import curvature
 from .engine.forward import contract, forward_mode, identity_seed
 from .engine.reverse import reverse_mode
-from .layers.base import Contracted, Layer, forward_chain, pull_chain, pull_hessian_chain, tangent_seed
+from .layers.base import Contracted, Layer, tangent_seed
+from .layers.chain import forward_chain, pull_chain, pull_hessian_chain
 from .layers.dense import Dense
 
 __all__ = ["LayerReport", "check_layer"]
@@ -127,6 +128,10 @@ def check_layer(
         When a part of the contract fails: the message names the part (for example
         ``"pull_hessian vs finite differences of pull"``), the index of the worst entry, both
         values and the error; or the method that raised, with the exception chained.
+    TypeError
+        If ``layer`` is not a :class:`~hessarray.Layer`.
+    ValueError
+        If ``x`` is not a numeric array of shape ``(batch, n_in)`` or ``(n_in,)``.
 
     Examples
     --------
@@ -496,8 +501,7 @@ class _Checker:
                 y_part = part.forward(x[1:])[0]
             self.compare("batch_slice(1, batch) forward vs rows 1: of forward", y_part, y[1:])
 
-        if hasattr(layer, "map_arrays"):
-            self._map_arrays(layer, x, y)
+        self._map_arrays(layer, x, y)
 
         names = list(layer.parameters())
         v = {name: rng.standard_normal((_K, *np.shape(a))) for name, a in layer.parameters().items()}

@@ -145,6 +145,54 @@ def test_feature_chunks_are_merged_with_a_warning():
     np.testing.assert_allclose(got.compute(scheduler="threads"), ha.hessian(model, X), rtol=0, atol=TOL)
 
 
+def test_unknown_chunk_sizes():
+    """A boolean mask leaves the batch chunks unknown: fine where nothing is matched to the rows,
+    a clear error (naming compute_chunk_sizes) where per-sample targets or v must be."""
+    mask = np.arange(BATCH) % 3 != 0
+    keep = da.from_array(mask, chunks=CHUNK)
+    x = xd()[keep]
+    assert np.isnan(x.shape[0])
+    got = ha.laplacian(scalar_model(), x)
+    np.testing.assert_allclose(got.compute(scheduler="sync"), ha.laplacian(scalar_model(), X[mask]), rtol=0, atol=TOL)
+    with pytest.raises(ValueError, match=r"unknown chunk sizes.*3\.target.*compute_chunk_sizes"):
+        ha.hessian(loss_model(), x)
+    with pytest.raises(ValueError, match=r"unknown chunk sizes.*\bv\b.*compute_chunk_sizes"):
+        ha.hvp(scalar_model(), x, da.from_array(V, chunks=(CHUNK, D, 2))[keep])
+
+
+def test_blas_limit_held_while_any_task_runs(monkeypatch):
+    """Tasks on several threads share one process-wide BLAS limit: the first to enter takes it,
+    the last to leave gives it back (not the first to leave)."""
+    import threading
+
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from hessarray import _dask
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+
+    before = blas_threads()
+    if not before or max(before) == 1:
+        pytest.skip("BLAS runs one thread already")
+    monkeypatch.setattr(_dask, "SERIAL_TASKS", True)
+    inside, first_left, seen = threading.Barrier(2), threading.Event(), []
+
+    def task(leaves_first: bool):
+        with _dask.task_threads():
+            inside.wait(timeout=30)
+            if leaves_first:
+                return first_left.set()
+            first_left.wait(timeout=30)
+            seen.append(blas_threads())
+
+    threads = [threading.Thread(target=task, args=(first,)) for first in (True, False)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == [[1] * len(before)] and blas_threads() == before
+
+
 def test_no_warning_for_one_feature_chunk():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -233,3 +281,21 @@ def test_operator_is_a_parameter_operator():
     assert isinstance(op, ha.ParameterOperator)
     assert op.shape == ha.parameter_operator(model, x).shape
     assert repr(op).endswith(", dask)")
+
+
+def test_progress_is_not_passed_to_the_tasks(capsys):
+    model, x = scalar_model(), np.random.default_rng(4).standard_normal((12, 3))
+    budget = 1 << 13  # one sample per block: an in-memory call on a chunk draws a bar
+    ha.laplacian(model, x[:4], progress=True, max_memory=budget)
+    assert "hessarray" in capsys.readouterr().err
+    lap = ha.laplacian(model, da.from_array(x, chunks=4), progress=True, max_memory=budget)
+    np.testing.assert_allclose(lap.compute(scheduler="sync"), ha.laplacian(model, x), rtol=0, atol=1e-12)
+    assert "hessarray" not in capsys.readouterr().err  # no bar per task
+
+
+def test_mixed_library_message_points_to_to():
+    import torch
+
+    model = ha.Sequential(ha.Dense(torch.ones((2, 3), dtype=torch.float64)), ha.Sum())
+    with pytest.raises(TypeError, match=r"model\.to\(numpy\)"):
+        ha.laplacian(model, da.ones((4, 3), chunks=2))

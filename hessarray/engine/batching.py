@@ -90,7 +90,8 @@ def map_blocks(
     At most ``plan.workers`` blocks are in flight at once, and each block's ``"cat"``
     results are written into an output allocated once (:class:`Joined`) as soon as the
     block finishes, so that the blocks' working sets and the outputs are held, not the
-    outputs twice. ``progress``: a bar (tqdm's ``update``) advanced as blocks finish.
+    outputs twice. ``progress``: a bar (tqdm's ``update``) advanced as blocks finish, in
+    block order and on the calling thread.
     """
     before_run(xp, x)
     batch, chunk = x.shape[0], plan.chunk_size
@@ -105,8 +106,6 @@ def map_blocks(
         block = [layer.batch_slice(start, stop) for layer in layers]
         found = fn(block, x[start:stop, ...], *(a[start:stop, ...] for a in extra))
         joined.put(start, stop, found)
-        if progress is not None:
-            progress.update(1)
         return tuple(None if how == "cat" else a for a, how in zip(found, combine))
 
     def run_on_pool(start: int) -> tuple:
@@ -121,9 +120,12 @@ def map_blocks(
     sums: list[Any] = [None] * len(combine)
 
     def add(found: tuple) -> None:
+        """Take a finished block's sums, on the calling thread (a bar is not thread-safe)."""
         for i, how in enumerate(combine):
             if how == "sum":
                 sums[i] = found[i] if sums[i] is None else sums[i] + found[i]
+        if progress is not None:
+            progress.update(1)
 
     if workers > 1 and not getattr(_busy, "active", False):
         limit = _blas_single_thread()
