@@ -9,7 +9,8 @@ import numpy
 
 from ._backend import check_inputs, device, is_array_api_obj
 from ._transfer import move_arrays
-from .layers.base import Array, Layer, forward_chain
+from .layers.base import Array, Layer
+from .layers.chain import forward_chain
 
 
 class Sequential:

@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from .._backend import array_namespace, device
-from ..layers.base import Layer, adjoints, forward_chain, pull_curvature_chain, push_keep
+from ..layers.base import Layer
+from ..layers.chain import adjoints, forward_chain, pull_curvature_chain, push_keep
 from .forward import forward_mode, identity_seed
 
 

@@ -18,7 +18,8 @@ from typing import Any
 import numpy
 
 from .._backend import array_namespace, device, diag_embed, identity, matmul_last, repeat_view, symmetrize
-from ..layers.base import Contracted, Layer, adjoints, forward_chain
+from ..layers.base import Contracted, Layer
+from ..layers.chain import adjoints, forward_chain
 
 
 def identity_seed(xp: Any, batch: int, n: int, like: Any) -> Any:

@@ -14,15 +14,8 @@ from __future__ import annotations
 from typing import Any
 
 from .._backend import array_namespace, device
-from ..layers.base import (
-    Layer,
-    adjoints,
-    forward_chain,
-    push_params_keep,
-    reverse_second,
-    split_directions,
-    tangent_seed,
-)
+from ..layers.base import Layer, tangent_seed
+from ..layers.chain import adjoints, forward_chain, push_params_keep, reverse_second, split_directions
 from ..layers.losses import Sum
 from .forward import forward_mode
 from .plan import estimate, pick_mode

@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from .._backend import array_namespace
-from ..layers.base import Layer, forward_chain
+from ..layers.base import Layer
+from ..layers.chain import forward_chain
 from ..layers.losses import Sum
 from .forward import forward_mode
 from .reverse import reverse_mode

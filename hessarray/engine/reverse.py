@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from .._backend import array_namespace, device, symmetrize
-from ..layers.base import Layer, forward_chain, pull_chain, pull_hessian_chain
+from ..layers.base import Layer
+from ..layers.chain import forward_chain, pull_chain, pull_hessian_chain
 from .forward import identity_seed
 
 

@@ -7,10 +7,8 @@ from typing import Any
 
 from .. import _fused
 from .._backend import array_namespace
-from .base import (
-    Array,
-    Contracted,
-    Layer,
+from .base import Array, Contracted, Layer, rebuilt
+from .chain import (
     Step,
     adjoints,
     forward_chain,
@@ -20,7 +18,6 @@ from .base import (
     push_chain,
     push_keep,
     push_params_keep,
-    rebuilt,
     reverse_second,
     split_directions,
 )
