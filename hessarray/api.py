@@ -55,7 +55,7 @@ def _compute(model, x, wrt, mode, per_sample, chunk_size, hessian, max_memory, p
     xp, x2, single = model.prepare(x)
     scalar = model.scalar_output
     if wrt is None:
-        p = _input_plan(model, x2, xp, chunk_size, max_memory, mode=mode, hessian=hessian, fused=hessian)
+        p = _input_plan(model, x2, xp, chunk_size, max_memory, mode=mode, hessian=hessian, executor="auto")
         with progress_bar(progress, _count(p, x2)) as bar:
             out = input_derivatives(model.layers, x2, xp, p, hessian, bar)
         keep_batch = True
@@ -92,7 +92,7 @@ def _hessian_part(model, x, part, chunk_size, max_memory, progress) -> Array:
     model = _check_model(model)
     check_progress(progress)
     xp, x2, single = model.prepare(x)
-    p = _input_plan(model, x2, xp, chunk_size, max_memory, mode="forward", part=part, fused=True)
+    p = _input_plan(model, x2, xp, chunk_size, max_memory, mode="forward", part=part, executor="auto")
     with progress_bar(progress, _count(p, x2)) as bar:
         _, found = engine.input_hessian_part(model.layers, x2, xp, p, part, bar)
     return _per_sample((found,), model.scalar_output, single)[0]
@@ -132,8 +132,8 @@ def derivatives(
     chunk_size : int, optional
         Samples per block (default: cache-sized blocks on CPUs, the whole batch elsewhere,
         within the memory budget). NumPy's compiled whole-network paths (a tanh MLP, a
-        residual tanh network) work in tiles of their own and need no blocks. Under an
-        explicit ``max_memory`` it is an upper bound.
+        residual tanh network) work in tiles of their own and need no blocks. It is an upper
+        bound: the memory budget (``max_memory`` or its default) may lower it.
     max_memory : int, optional
         Bytes the computation may hold besides its outputs (its working set); the batch is
         chunked to stay within it, with results identical to an unchunked run. Default: half
@@ -266,8 +266,13 @@ def plan(
     progress: bool = False,
     part: str = "full",
 ) -> Plan:
-    """The plan (mode, block size, memory budget, FLOP estimates) that :func:`derivatives`
-    (``hessian=False``: :func:`jacobian`) with respect to ``x`` runs with these settings.
+    """The plan (executor, mode, block size, memory budget, FLOP estimates) that
+    :func:`derivatives` (``hessian=False``: :func:`jacobian`) with respect to ``x`` runs with
+    these settings.
+
+    ``executor`` names what runs: ``"portable"`` (the array-API passes, block by block) or
+    ``"numpy-compiled"`` (NumPy's compiled whole-network kernels, where they apply; then
+    ``chunk_size`` is the samples per call and ``tile`` the samples per tile the threads share).
 
     ``chunk_size`` is the block size that runs, sized to keep the working set within
     ``max_memory`` (or the default budget; see :func:`derivatives`); ``working_set`` the
@@ -290,10 +295,10 @@ def plan(
     """
     xp, x2, _ = _check_model(model).prepare(x)
     if part in ("diag", "trace"):
-        return _input_plan(model, x2, xp, chunk_size, max_memory, mode="forward", part=part, fused=True)
+        return _input_plan(model, x2, xp, chunk_size, max_memory, mode="forward", part=part, executor="auto")
     if part != "full":
         raise ValueError(f"part must be 'full', 'diag' or 'trace', got {part!r}")
-    return _input_plan(model, x2, xp, chunk_size, max_memory, mode=mode, hessian=hessian, fused=hessian)
+    return _input_plan(model, x2, xp, chunk_size, max_memory, mode=mode, hessian=hessian, executor="auto")
 
 
 @dask_aware("per_sample")

@@ -264,7 +264,7 @@ def parameter_hessian(
         With ``blocks="layer"``: the blocks of each sample (outputs summed),
         ``(batch,) + shape_a + shape_b``.
     chunk_size : int, optional
-        Samples per block of the batch (an upper bound under ``max_memory``).
+        Samples per block of the batch (an upper bound: the memory budget may lower it).
     max_bytes : int
         Limit on the *result*: ``blocks="full"`` or ``flat=True`` raise ``MemoryError``
         before allocating a ``(P, P)`` matrix larger than this (default 2 GiB).

@@ -10,8 +10,7 @@ import pytest
 from backends import materialize
 
 import hessarray as ha
-from hessarray import engine
-from hessarray.engine import batching, budget
+from hessarray.engine import batching, budget, executors
 
 RNG = np.random.default_rng(7)
 
@@ -140,7 +139,7 @@ def spy(monkeypatch, module, name):
 @pytest.mark.parametrize("max_memory", [None, 1 << 20, 64 << 10])
 def test_plan_reports_the_chunk_that_runs(monkeypatch, max_memory):
     model, x = softplus_model(d=5, width=16), RNG.standard_normal((3000, 5))
-    plans = spy(monkeypatch, engine, "map_blocks")
+    plans = spy(monkeypatch, executors, "map_blocks")
     ha.hessian(model, x, max_memory=max_memory)
     planned = ha.plan(model, x, max_memory=max_memory)
     assert [p.chunk_size for p, _ in plans] == [planned.chunk_size]
@@ -152,13 +151,13 @@ def test_plan_reports_the_chunk_that_runs(monkeypatch, max_memory):
 def test_plan_reports_the_compiled_chunk(monkeypatch):
     model, x = tanh_mlp(), RNG.standard_normal((20000, 8))
     sizes = []
-    original = engine._whole_network
+    original = executors._whole_network
 
     def recording(layers, xb, part, workers):
         sizes.append(xb.shape[0])
         return original(layers, xb, part, workers)
 
-    monkeypatch.setattr(engine, "_whole_network", recording)
+    monkeypatch.setattr(executors, "_whole_network", recording)
     ha.hessian(model, x, max_memory=4 << 20)
     assert sizes == [20000], "the full Hessian is written into the output: no chunks"
     planned = ha.plan(model, x, max_memory=4 << 20)
@@ -167,6 +166,27 @@ def test_plan_reports_the_compiled_chunk(monkeypatch):
     ha.laplacian(model, x, max_memory=4 << 20)
     part = ha.plan(model, x, max_memory=4 << 20, part="trace")
     assert part.fused and 1 < len(sizes) and set(sizes[:-1]) == {part.chunk_size}
+
+
+@pytest.mark.parametrize("part", ["full", "trace"])
+def test_compiled_plan_fits_its_threads_to_the_budget(monkeypatch, part):
+    """Each thread of the compiled path holds its own tile buffers: on many cores the budget
+    runs fewer threads rather than exceeding it or raising MemoryError."""
+    monkeypatch.setenv("HESSARRAY_THREADS", "16")
+    model, x = tanh_mlp(), RNG.standard_normal((600, 8))
+    planned = ha.plan(model, x, max_memory=4 << 20, part=part)
+    assert planned.fused and 1 <= planned.workers < 16 and planned.working_set <= planned.max_memory
+    call = ha.hessian if part == "full" else ha.laplacian
+    same(call(model, x, max_memory=4 << 20), call(model, x))
+
+
+def test_compiled_path_gives_way_below_its_tile_buffers():
+    """A budget below one thread's tile buffers runs the portable passes within it."""
+    model, x = tanh_mlp(), RNG.standard_normal((50, 8))
+    for part, call in (("full", ha.hessian), ("trace", ha.laplacian)):
+        planned = ha.plan(model, x, max_memory=400 << 10, part=part)
+        assert not planned.fused and planned.working_set <= planned.max_memory
+        same(call(model, x, max_memory=400 << 10), call(model, x), 1e-10)
 
 
 def test_plan_has_no_side_effects(monkeypatch):
@@ -258,6 +278,25 @@ def test_progress_bar_with_threads(capsys, monkeypatch):
     plan = ha.plan(model, x, chunk_size=10)
     ha.hessian(model, x, chunk_size=10, progress=True)
     assert plan.workers == 2 and "30/30" in capsys.readouterr().err
+
+
+def test_progress_bar_advanced_on_the_calling_thread(monkeypatch):
+    """tqdm's update is not thread-safe: blocks on the pool's threads are counted by the caller."""
+    import threading
+    from contextlib import contextmanager
+
+    pytest.importorskip("tqdm")
+    monkeypatch.setenv("HESSARRAY_THREADS", "2")
+    threads = []
+
+    class Bar:
+        def update(self, n):
+            threads.append((threading.get_ident(), n))
+
+    monkeypatch.setattr(budget, "_bar", contextmanager(lambda tqdm, blocks: (yield Bar())))
+    model, x = softplus_model(), RNG.standard_normal((300, 3))
+    ha.hessian(model, x, chunk_size=10, progress=True)
+    assert threads == [(threading.get_ident(), 1)] * 30
 
 
 def test_progress_without_tqdm_names_it(monkeypatch):

@@ -1,9 +1,15 @@
-"""How derivatives flow through a chain of layers: planning, the two modes, parameters.
+"""How derivatives flow through a chain of layers: planning, executors, the two modes, parameters.
+
+A call is planned first (:func:`.plan.make_plan`, from shapes alone): the mode, the block
+sizes, and the executor that runs (:mod:`.executors`): the portable array-API passes
+(:mod:`.forward`, :mod:`.reverse`, :mod:`.curvature`, block by block), or, where they apply,
+NumPy's compiled whole-network kernels. :func:`input_derivatives` and
+:func:`input_hessian_part` run the executor the plan names (``ha.plan(model, x).executor``).
 
 The engine talks to layers only through the contract of :mod:`hessarray.layers.base`, with
-two exceptions, NumPy fast paths that recognize layers by type and read their weights:
-:mod:`.tanh_mlp` (``Dense``, ``Tanh`` and ``Sum``) and :mod:`.tanh_resnet` (those, ``LogCosh``
-and ``Residual``).
+two exceptions, the compiled NumPy kernels, which recognize layers by type and read their
+weights: :mod:`.tanh_mlp` (``Dense``, ``Tanh`` and ``Sum``) and :mod:`.tanh_resnet` (those,
+``LogCosh`` and ``Residual``).
 """
 
 from __future__ import annotations
@@ -14,82 +20,41 @@ from typing import Any
 from .._backend import array_namespace
 from ..layers.base import Layer
 from ..layers.losses import Sum
-from . import batching, curvature
+from . import batching, curvature, executors
 from .batching import map_blocks
 from .budget import progress_bar
 from .forward import forward_mode
 from .params import parameter_derivatives
 from .plan import Plan, make_plan
 from .reverse import reverse_mode
-from .tanh_mlp import tanh_mlp_derivatives
-from .tanh_resnet import tanh_resnet_derivatives
 
-__all__ = ["Plan", "batching", "curvature", "input_derivatives", "input_hessian_part", "make_plan", "param_derivatives"]
-
-
-def _whole_network(layers: list[Layer], x: Any, part: str, workers: int) -> tuple | None:
-    """The forward mode by one compiled call for the whole network, where one applies (a tanh
-    MLP or a residual tanh network on NumPy), else ``None``."""
-    found = tanh_mlp_derivatives(layers, x, part, workers)
-    return found if found is not None else tanh_resnet_derivatives(layers, x, part, workers)
-
-
-def _run_whole_network(layers: list[Layer], x: Any, xp: Any, plan: Plan, part: str, progress: Any) -> tuple | None:
-    """:func:`_whole_network` on chunks of ``plan.chunk_size`` samples, one after another (each
-    call shares its tiles among ``plan.workers`` threads), written into the outputs."""
-    if plan.chunk_size >= x.shape[0]:
-        batching.before_run(xp, x)
-        found = _whole_network(layers, x, part, plan.workers)
-        if found is not None and progress is not None:
-            progress.update(1)
-        return found
-    one = Plan(plan.mode, plan.chunk_size, plan.flops, 1, plan.max_memory, plan.working_set, True)
-
-    def run(block: list[Layer], xb: Any) -> tuple:
-        found = _whole_network(block, xb, part, plan.workers)
-        if found is None:  # pragma: no cover - the plan checked that the path applies
-            raise RuntimeError("the compiled whole-network path no longer applies")
-        return found
-
-    return map_blocks(run, layers, x, one, ("cat", "cat", "cat"), xp, progress=progress)
+__all__ = [
+    "Plan",
+    "batching",
+    "curvature",
+    "executors",
+    "forward_mode",
+    "input_derivatives",
+    "input_hessian_part",
+    "make_plan",
+    "param_derivatives",
+    "reverse_mode",
+]
 
 
 def input_derivatives(layers: list[Layer], x: Any, xp: Any, plan: Plan, hessian: bool, progress: Any = None) -> tuple:
-    """Value ``(B, m)``, Jacobian ``(B, m, d)`` and Hessian ``(B, m, d, d)`` (or ``None``).
+    """Value ``(B, m)``, Jacobian ``(B, m, d)`` and Hessian ``(B, m, d, d)`` (or ``None``), by
+    the executor ``plan`` names.
 
     ``progress``: a bar advanced per block (see :func:`.batching.map_blocks`)."""
-    if hessian and plan.mode == "forward" and plan.fused:
-        fused = _run_whole_network(layers, x, xp, plan, "full", progress)
-        if fused is not None:
-            return fused
-    run = forward_mode if plan.mode == "forward" else reverse_mode
-    return map_blocks(
-        lambda block, xb: run(block, xb, hessian),
-        layers,
-        x,
-        plan,
-        ("cat", "cat", "cat" if hessian else "none"),
-        xp,
-        progress=progress,
-    )
+    run = executors.REGISTRY[plan.executor].run
+    return run(layers, x, xp, plan, "full" if hessian else "jacobian", progress)
 
 
 def input_hessian_part(layers: list[Layer], x: Any, xp: Any, plan: Plan, part: str, progress: Any = None) -> tuple:
     """Value ``(B, m)`` and the Hessian's diagonal ``(B, m, d)`` (``part="diag"``) or trace
-    ``(B, m)`` (``part="trace"``), by the forward mode."""
-    if plan.fused:
-        fused = _run_whole_network(layers, x, xp, plan, part, progress)
-        if fused is not None:
-            return fused[0], fused[2]
-    return map_blocks(
-        lambda block, xb: curvature.hessian_part(block, xb, part),
-        layers,
-        x,
-        plan,
-        ("cat", "cat"),
-        xp,
-        progress=progress,
-    )
+    ``(B, m)`` (``part="trace"``), by the forward mode of the executor ``plan`` names."""
+    return executors.REGISTRY[plan.executor].run(layers, x, xp, plan, part, progress)
 
 
 def param_derivatives(

@@ -6,7 +6,6 @@ backend), never from array values, so it is the same under ``jax.jit`` and on Da
 
 from __future__ import annotations
 
-import math
 import os
 import weakref
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ import numpy
 from .. import _fused
 from .._backend import is_eager_cpu
 from ..layers.base import Layer
-from . import budget
+from . import budget, executors
 from .batching import default_workers
 
 MODES = ("auto", "forward", "reverse")
@@ -44,7 +43,8 @@ class Plan:
         ``"reverse"``: adjoints and Hessians pulled back (``O(L n³)``, for ``d > n``).
     chunk_size : int
         Samples per block: the batch runs block by block (one block when it is the batch
-        size). With ``fused``, samples per call of the compiled path.
+        size). For an executor with a ``tile``, samples per call (the whole batch unless the
+        memory budget splits it), each call sharing its tiles among the threads.
     flops : dict
         Estimated multiply-adds per sample of each mode.
     workers : int
@@ -56,9 +56,13 @@ class Plan:
     working_set : int
         Estimated bytes the blocks in flight hold at most, besides the outputs (within
         ``max_memory``, unless one sample alone needs more under the default budget).
-    fused : bool
-        Whether NumPy's compiled whole-network path runs (a tanh MLP or a residual tanh
-        network, :mod:`hessarray.engine.tanh_mlp`), in tiles of its own.
+    executor : str
+        The executor that runs (:data:`hessarray.engine.executors.REGISTRY`): ``"portable"``,
+        the array-API passes block by block on every backend, or ``"numpy-compiled"``, NumPy's
+        compiled whole-network kernels (a tanh MLP or a residual tanh network) where they apply.
+    tile : int or None
+        Samples per tile of an executor that runs tiles of its own (``"numpy-compiled"``),
+        shared out among the ``workers`` threads; ``None`` for the portable executor.
     """
 
     mode: str
@@ -67,7 +71,13 @@ class Plan:
     workers: int = 1
     max_memory: int | None = None
     working_set: int = 0
-    fused: bool = False
+    executor: str = "portable"
+    tile: int | None = None
+
+    @property
+    def fused(self) -> bool:
+        """Whether a compiled executor runs (``executor != "portable"``)."""
+        return self.executor != "portable"
 
 
 #: ``mode="auto"`` takes the reverse mode only when its FLOP estimate is this many times
@@ -156,7 +166,7 @@ def make_plan(
     max_memory: int | None = None,
     block_bytes: int = 0,
     sample_bytes: int = 0,
-    fused: bool = False,
+    executor: str = "portable",
 ) -> Plan:
     """Choose the mode (by the FLOP estimates when ``mode="auto"``, :func:`pick_mode`) and
     the block size.
@@ -167,7 +177,10 @@ def make_plan(
     :func:`working_set` estimates for what is formed: the Hessian's ``part`` (``"full"``,
     ``"diag"``, ``"trace"``, or ``"hvp"`` with ``directions`` vectors), plus ``block_bytes``
     per block (sums over the batch, formed whatever the block size) and ``sample_bytes`` per
-    sample. ``fused``: the caller runs a compiled whole-network path where one applies.
+    sample. ``executor``: ``"auto"`` names the first executor of
+    :data:`.executors.REGISTRY` that applies and whose sizes fit ``max_memory`` (the caller
+    then runs that one); an executor's name: that one where it applies, else the portable one
+    (``"portable"``, the default, for computations only the portable passes serve).
 
     Pure: it reads shapes, dtypes and the device's free memory, and changes nothing.
 
@@ -179,7 +192,7 @@ def make_plan(
     """
     check_mode(mode)
     max_memory = budget.check_max_memory(max_memory)
-    settings = (mode, chunk_size, hessian, part, directions, max_memory, block_bytes, sample_bytes, fused)
+    settings = (mode, chunk_size, hessian, part, directions, max_memory, block_bytes, sample_bytes, executor)
     if type(x) is numpy.ndarray:
         # NumPy calls on small batches are call-bound: the plan is remembered per chain,
         # shape, dtype and settings (it depends on nothing else there: its default budget
@@ -203,7 +216,7 @@ def _make_plan(
     max_memory: int | None,
     block_bytes: int,
     sample_bytes: int,
-    fused: bool,
+    executor: str,
 ) -> Plan:
     flops, m, widest = estimate(layers, d, hessian)
     flops = dict(flops)
@@ -214,12 +227,20 @@ def _make_plan(
     item = 4 if x.dtype == xp.float32 else 8
     limit = max_memory if max_memory is not None else budget.default_budget(xp, x)
     workers = default_workers() if array_api_compat.is_numpy_namespace(xp) or xp is numpy else 1
-    if fused and hessian and mode == "forward" and part != "hvp" and whole_network_applies(layers, x):
-        return _fused_plan(layers, batch, d, item, part, chunk_size, max_memory, limit, flops, workers)
+    if executor != "auto" and executor not in executors.REGISTRY:
+        raise ValueError(f"executor must be 'auto' or one of {tuple(executors.REGISTRY)}, got {executor!r}")
+    asked = part if hessian else "jacobian"
+    portable = executors.REGISTRY["portable"]
+    for candidate in executors.REGISTRY.values() if executor == "auto" else (executors.REGISTRY[executor],):
+        if candidate.tile is not None and candidate.applies(layers, x, asked, mode):
+            sizes = (batch, d, item, asked, chunk_size, max_memory, limit, flops, workers)
+            planned = _fused_plan(candidate, layers, *sizes)
+            if planned is not None:
+                return planned
+    # The portable executor, block by block.
     eager_cpu = is_eager_cpu(xp, x)
-    per_sample = sample_bytes + item * working_set(layers, d, mode, hessian, part, directions)
-    weights = sum(math.prod(a.shape) for layer in layers for a in layer.parameters().values())
-    per_block = block_bytes + 2 * item * weights  # the weights' transposed and contiguous copies
+    per_block, per_sample = portable.memory(layers, d, asked, mode, directions, item)
+    per_block, per_sample = block_bytes + per_block, sample_bytes + per_sample
     if chunk_size is not None:
         chunk = int(chunk_size)
     elif eager_cpu:
@@ -246,50 +267,34 @@ def _make_plan(
     chunk = max(1, min(chunk, max(batch, 1)))
     blocks = -(-max(batch, 1) // chunk)
     in_flight = min(workers, blocks)
-    return Plan(mode, chunk, flops, workers, limit, in_flight * (per_block + chunk * per_sample), False)
+    return Plan(mode, chunk, flops, workers, limit, in_flight * (per_block + chunk * per_sample), portable.name)
 
 
-def whole_network_applies(layers: list[Layer], x: Any) -> bool:
-    """Whether a compiled whole-network path computes ``layers`` at ``x`` (NumPy only)."""
-    from . import tanh_mlp, tanh_resnet
-
-    return tanh_mlp.applies(layers, x) or tanh_resnet.applies(layers, x)
-
-
-def _fused_plan(layers, batch, d, item, part, chunk_size, max_memory, limit, flops, workers) -> Plan:
-    """The plan of a compiled whole-network path (:mod:`.tanh_mlp`, :mod:`.tanh_resnet`):
-    chunks of the batch run one after another, each call sharing its tiles among the threads.
-
-    The calls write the value, Jacobian and full Hessian into the outputs; what they hold
-    besides is each thread's tile buffers, and the ``(B, k, k)`` Hessian where only its
-    diagonal or trace is asked for or where it is mapped back from ``k = n`` seeds to ``d``.
+def _fused_plan(
+    executor: Any, layers, batch, d, item, part, chunk_size, max_memory, limit, flops, workers
+) -> Plan | None:
+    """The plan of an executor that runs tiles of its own (NumPy's compiled whole-network
+    kernels): chunks of the batch run one after another, each call sharing its tiles among the
+    threads (as many as the budget holds). ``None`` where one thread and one sample exceed an
+    explicit ``max_memory``. What a call holds besides its outputs: the executor's
+    :meth:`~.executors.Executor.memory`.
     """
-    from .tanh_mlp import TILE
-
-    n = layers[0].out_width(d)
-    narrowed = d > n
-    k = n if narrowed else d
-    per_sample = 0 if part == "full" and not narrowed else item * (2 + k * k + 2 * k * d + (d * d if narrowed else 0))
-    widest, depth = d, 0
-    width = d
-    for layer in layers:
-        width = layer.out_width(width)
-        widest, depth = max(widest, width), depth + 1
-    per_block = workers * item * TILE * widest * (2 * depth + 8 + 2 * k)
+    tile = executor.tile
+    per_thread, per_sample = executor.memory(layers, d, part, "forward", None, item)
     chunk = max(batch, 1) if chunk_size is None else int(chunk_size)
+    if limit is not None:
+        if max_memory is not None and max_memory < per_thread + per_sample:
+            return None  # the portable passes, whose blocks can be smaller, may fit the budget
+        # Each thread holds its own tile buffers: fewer threads where the budget holds fewer
+        # (with a tile of samples each), as the portable plan runs fewer blocks at once.
+        workers = max(1, min(workers, limit // (per_thread + tile * per_sample)))
+    per_block = workers * per_thread
     if limit is not None and per_sample:
-        need = per_block + per_sample
-        if max_memory is not None and max_memory < need:
-            raise MemoryError(
-                f"max_memory={max_memory} bytes is too small: one sample needs at least {need} bytes "
-                f"(1 sample: {per_sample} bytes, plus {per_block} bytes of tile buffers); "
-                f"raise max_memory to at least {need}"
-            )
         fit = max(1, (limit - per_block) // per_sample)
         if fit < chunk:  # whole tiles per call where the budget allows
-            chunk = fit // TILE * TILE if fit >= TILE else fit
+            chunk = fit // tile * tile if fit >= tile else fit
     chunk = max(1, min(chunk, max(batch, 1)))
-    return Plan("forward", chunk, flops, workers, limit, per_block + chunk * per_sample, True)
+    return Plan("forward", chunk, flops, workers, limit, per_block + chunk * per_sample, executor.name, tile)
 
 
 def working_set(layers: list[Layer], d: int, mode: str, hessian: bool, part: str, directions: int | None) -> int:
