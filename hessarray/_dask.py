@@ -117,7 +117,7 @@ def _dispatch(fn, signature, kind, batched, product, args, kwargs) -> Any:
     rows = x2.chunks[0]
     # The model's arrays: per-sample ones (their batch_slice differs) are chunked like x,
     # the others go into the one key that holds the model.
-    sliced = dict(Sequential(*(layer.batch_slice(0, 1) for layer in model.layers)).arrays())
+    sliced = _first_sample(model)
     whole = dict(model.arrays())
     matched = [n for n, a in whole.items() if sliced[n] is not a] + [n for n in batched if n in arguments]
     if matched and any(math.isnan(r) for r in rows):
@@ -161,14 +161,9 @@ def _dispatch(fn, signature, kind, batched, product, args, kwargs) -> Any:
 
     # One call on a one-sample probe: the results' structure, shapes, dtypes and chunk type.
     xp = array_namespace(meta)
-
-    def probe(a: Any) -> Any:
-        return xp.zeros(a.shape, dtype=a.dtype) if array_api_compat.is_dask_array(a) else a
-
-    probe_model = model.map_arrays(lambda n, a: probe(sliced[n]))
-    probe_args = _tree_map(probe, arguments)
-    probe_args.update({n: probe(v[:1, ...]) for n, v in extra_batched.items()})
-    found = fn(probe_model, xp.zeros((1, d), dtype=x2.dtype), **probe_args)
+    probe_args = _tree_map(lambda a: _zeros_for_dask(xp, a), arguments)
+    probe_args.update({n: _zeros_for_dask(xp, v[:1, ...]) for n, v in extra_batched.items()})
+    found = fn(*one_sample_probe(model, x2, sliced), **probe_args)
     leaves = _leaves(found)
 
     names = tuple(per_sample_arrays) + tuple(extra_batched)
@@ -221,6 +216,26 @@ def _dispatch(fn, signature, kind, batched, product, args, kwargs) -> Any:
         arr = assemble(leaf, [_pick, tuples, ("b",), path, None, per_sample, None], token + "-part")
         results[path] = arr[0, ...] if single and per_sample else arr
     return _rebuild(found, results)
+
+
+def _first_sample(model: Sequential) -> dict[str, Any]:
+    """The model's arrays for its first sample (per-sample targets sliced to one row), by name."""
+    return dict(Sequential(*(layer.batch_slice(0, 1) for layer in model.layers)).arrays())
+
+
+def _zeros_for_dask(xp: Any, a: Any) -> Any:
+    """Zeros of ``xp`` (the chunks' library) in place of a Dask array ``a``; others as they are."""
+    return xp.zeros(a.shape, dtype=a.dtype) if array_api_compat.is_dask_array(a) else a
+
+
+def one_sample_probe(model: Sequential, x: Any, sliced: dict[str, Any] | None = None) -> tuple[Sequential, Any]:
+    """The concrete one-sample call a Dask call is first run on: ``model`` sliced to its first
+    sample with zeros for its Dask arrays, and a ``(1, d)`` sample of zeros, both in the
+    library of ``x``'s chunks. ``sliced`` is :func:`_first_sample` of ``model`` if known."""
+    xp = array_namespace(x._meta)
+    sliced = _first_sample(model) if sliced is None else sliced
+    probe = model.map_arrays(lambda n, a: _zeros_for_dask(xp, sliced[n]))
+    return probe, xp.zeros((1, x.shape[-1]), dtype=x.dtype)
 
 
 def _check_libraries(model: Sequential, x: Any, meta: Any) -> None:

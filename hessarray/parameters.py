@@ -10,13 +10,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from array_api_compat import is_dask_array
-
-from ._backend import array_namespace, device
-from ._dask import dask_aware
+from ._backend import device
+from ._dask import dask_aware, one_sample_probe
 from .api import _check_model
 from .engine.batching import map_blocks
-from .engine.budget import check_progress, progress_bar
+from .engine.budget import check_progress, itemsize, progress_bar
 from .engine.parameter_space import owner_blocks, parameter_products, top_level_blocks
 from .engine.plan import make_plan
 from .model import Sequential
@@ -51,7 +49,7 @@ def _size(a: Array) -> int:
 
 def _check_memory(model: Sequential, x: Array, max_bytes: int, what: str) -> None:
     total = sum(_size(a) for a in model.parameters().values())
-    need = total * total * (4 if str(x.dtype).endswith("32") else 8)
+    need = total * total * itemsize(x)
     if need > max_bytes:
         raise MemoryError(
             f"{what} has {total} x {total} entries and would need {need / 2**30:.2f} GiB, over the "
@@ -68,10 +66,6 @@ def _prepare(model: Sequential, x: Array, ggn: bool):
             f"the Gauss-Newton matrix needs a model ending in a loss; this one ends in {model.layers[-1]!r}"
         )
     return model, xp, x2, single
-
-
-def _item(x: Array) -> int:
-    return 4 if str(x.dtype).endswith("32") else 8
 
 
 def _blocks(model, x, blocks, flat, per_sample, chunk_size, max_bytes, ggn, max_memory, progress) -> Any:
@@ -97,7 +91,7 @@ def _blocks(model, x, blocks, flat, per_sample, chunk_size, max_bytes, ggn, max_
         widths.append(layer.out_width(widths[-1]))
     widest = max(widths)
     per = 6 * widest * widest + (entries if per_sample else 0)
-    item = _item(x2)
+    item = itemsize(x2)
     plan = make_plan(
         model.layers,
         x2.shape[0],
@@ -172,7 +166,7 @@ def _products_plan(model, x2, xp, k: int, chunk_size, max_memory) -> Any:
     per block the ``(k, P)`` sums (partial, total, new total) and the directions' copies."""
     total = sum(_size(p) for p in model.parameters().values())
     b, d = x2.shape
-    args = {"chunk_size": chunk_size, "max_memory": max_memory, "block_bytes": 4 * _item(x2) * k * total}
+    args = {"chunk_size": chunk_size, "max_memory": max_memory, "block_bytes": 4 * itemsize(x2) * k * total}
     return make_plan(model.layers, b, d, x2, xp, mode="forward", part="hvp", directions=k, **args)
 
 
@@ -467,10 +461,7 @@ class DaskParameterOperator(ParameterOperator):
     def __init__(self, operator: Any, product: Any, model: Sequential, x: Array, options: dict) -> None:
         # One probe call on a sample of zeros checks the options (curvature name, a loss for
         # Gauss-Newton) now rather than at compute time.
-        xp = array_namespace(x._meta)
-        probe = model.map_arrays(lambda n, a: xp.zeros(a.shape, dtype=a.dtype) if is_dask_array(a) else a)
-        probe = Sequential(*(layer.batch_slice(0, 1) for layer in probe.layers))
-        operator(probe, xp.zeros((1, x.shape[-1]), dtype=x.dtype), **options)
+        operator(*one_sample_probe(model, x), **options)
         self._product, self.model, self.x, self._options = product, model, x, options
         total = sum(_size(a) for a in model.parameters().values())
         self.shape = (total, total)

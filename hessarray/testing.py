@@ -312,6 +312,38 @@ class _Results(dict):
 
 
 @dataclasses.dataclass
+class _Owned:
+    """Where a parameter lives (:meth:`Layer.param_owner`): its owner, the owner's cache, its
+    local name and output, and the layers after the owner run forward from that output."""
+
+    owner: Layer
+    cache: Any
+    local: str
+    y: Any
+    steps: list
+    y_end: Any
+
+    @classmethod
+    def find(cls, layer: Layer, cache: Any, name: str, y: Any) -> _Owned:
+        owner, owner_cache, local, y_owner, down = layer.param_owner(cache, name, y)
+        steps, y_end = forward_chain(down, y_owner)
+        return cls(owner, owner_cache, local, y_owner, steps, y_end)
+
+    def pull(self, g: Any) -> Any:
+        """The adjoints ``g`` of the layer's output pulled back to the owner's output."""
+        return pull_chain(self.steps, g)
+
+    def pull_hessian(self, g: Any, xp: Any, x: Any) -> Any:
+        """The Hessian of ``g · y`` at the owner's output; zeros in ``x``'s library, dtype and
+        device where the layers after the owner return none (they are linear)."""
+        _, h = pull_hessian_chain(self.steps, g, None)
+        if h is None:
+            q = self.y.shape[1]
+            h = xp.zeros((x.shape[0], _M, q, q), dtype=x.dtype, device=device(x))
+        return h
+
+
+@dataclasses.dataclass
 class _Inputs:
     """The random inputs of the direct calls and the float64 NumPy results of them."""
 
@@ -622,19 +654,15 @@ class _Checker:
             return
         for name in names:
             with self.calling(f"param_owner({name!r})"):
-                owner, owner_cache, local, y_owner, down = layer.param_owner(cache, name, y)
-                steps, _ = forward_chain(down, y_owner)
-                g_owner = pull_chain(steps, inp.g)
+                o = _Owned.find(layer, cache, name, y)
+                g_owner = o.pull(inp.g)
             with self.calling(f"param_gradient({name!r})"):
-                out[f"param_gradient({name!r})"] = owner.param_gradient(owner_cache, local, g_owner, True)
-                out[f"param_gradient({name!r}, summed)"] = owner.param_gradient(owner_cache, local, g_owner, False)
+                out[f"param_gradient({name!r})"] = o.owner.param_gradient(o.cache, o.local, g_owner, True)
+                out[f"param_gradient({name!r}, summed)"] = o.owner.param_gradient(o.cache, o.local, g_owner, False)
             with self.calling(f"param_hessian({name!r})"):
-                _, h_owner = pull_hessian_chain(steps, inp.g, None)
-                if h_owner is None:
-                    q = y_owner.shape[1]
-                    h_owner = xp.zeros((x.shape[0], _M, q, q), dtype=x.dtype, device=device(x))
-                out[f"param_hessian({name!r})"] = owner.param_hessian(owner_cache, local, h_owner, True)
-                out[f"param_hessian({name!r}, summed)"] = owner.param_hessian(owner_cache, local, h_owner, False)
+                h_owner = o.pull_hessian(inp.g, xp, x)
+                out[f"param_hessian({name!r})"] = o.owner.param_hessian(o.cache, o.local, h_owner, True)
+                out[f"param_hessian({name!r}, summed)"] = o.owner.param_hessian(o.cache, o.local, h_owner, False)
         with self.calling("push_params"):
             out["push_params"] = layer.push_params(cache, inp.t, inp.v)
         with self.calling("curvature_apply_params"):
@@ -676,11 +704,10 @@ class _Checker:
             grads = {}
             for name in names:
                 with self.calling(f"param_owner({name!r})"):
-                    owner, owner_cache, local, y_owner, down = layer.param_owner(cache, name, y)
-                    steps, y_end = forward_chain(down, y_owner)
-                    g_owner = pull_chain(steps, gg)
+                    o = _Owned.find(layer, cache, name, y)
+                    g_owner = o.pull(gg)
                 with self.calling(f"param_gradient({name!r})"):
-                    grads[name] = _host(owner.param_gradient(owner_cache, local, g_owner, True))
+                    grads[name] = _host(o.owner.param_gradient(o.cache, o.local, g_owner, True))
             return _host(y), grads
 
         owners = {}
@@ -688,10 +715,11 @@ class _Checker:
             y, cache = layer.forward(x)
         for name in names:
             with self.calling(f"param_owner({name!r})"):
-                owner, _, _, y_owner, down = layer.param_owner(cache, name, y)
-                _, y_end = forward_chain(down, y_owner)
-            self.compare(f"param_owner({name!r}): downstream layers applied to the owner's output vs forward", y_end, y)
-            owners[name] = owner
+                o = _Owned.find(layer, cache, name, y)
+            self.compare(
+                f"param_owner({name!r}): downstream layers applied to the owner's output vs forward", o.y_end, y
+            )
+            owners[name] = o.owner
 
         # Entry by entry: d(g·y)/dθ and d(param_gradient)/dθ.
         for b in names:
@@ -724,14 +752,11 @@ class _Checker:
                 if owners[a] is not owners[b]:
                     continue  # blocks between layers come from parameter-space products
                 with self.calling(f"param_hessian({a!r}, {b!r})"):
-                    owner, owner_cache, local_a, y_owner, down = layer.param_owner(cache, a, y)
+                    o = _Owned.find(layer, cache, a, y)
                     local_b = layer.param_owner(cache, b, y)[2]
-                    steps, _ = forward_chain(down, y_owner)
-                    _, h_owner = pull_hessian_chain(steps, g, None)
-                    if h_owner is None:
-                        h_owner = np.zeros((x.shape[0], _M, y_owner.shape[1], y_owner.shape[1]))
-                    block = owner.param_hessian(owner_cache, local_a, h_owner, True, local_b)
-                    summed = owner.param_hessian(owner_cache, local_a, h_owner, False, local_b)
+                    h_owner = o.pull_hessian(g, np, x)
+                    block = o.owner.param_hessian(o.cache, o.local, h_owner, True, local_b)
+                    summed = o.owner.param_hessian(o.cache, o.local, h_owner, False, local_b)
                 self.compare(f"param_hessian({a!r}, {b!r}) vs finite differences of param_gradient", block, fd_grad[a])
                 self.compare(
                     f"param_hessian({a!r}, {b!r}, per_sample=False) vs the sum of its per-sample values",

@@ -17,12 +17,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .._backend import array_namespace
 from ..layers.base import Layer
 from ..layers.losses import Sum
 from . import batching, curvature, executors
 from .batching import map_blocks
-from .budget import progress_bar
+from .budget import itemsize, progress_bar
 from .forward import forward_mode
 from .params import parameter_derivatives
 from .plan import Plan, make_plan
@@ -99,7 +98,7 @@ def _param_memory(
     """Bytes a block holds beyond the tail chain's working set: the layers up to the owner
     (their caches), and the results: per sample, or summed over the block (a partial sum, the
     running total and the new total)."""
-    item = 4 if x.dtype == array_namespace(x).float32 else 8
+    item = itemsize(x)
     size = math.prod(layers[index].parameters()[name].shape)
     out = 1 + size + (size * size if hessian else 0)
     units, n = x.shape[1], x.shape[1]

@@ -23,6 +23,8 @@ from typing import Any
 
 import array_api_compat
 
+from .._backend import array_namespace
+
 #: Share of the device's free memory a call may hold by default: the other half is left for
 #: the caller's own arrays, the outputs and the allocator's fragmentation.
 DEVICE_SHARE = 0.5
@@ -40,6 +42,12 @@ def _is_tracer(x: Any) -> bool:
     except ImportError:  # pragma: no cover - JAX arrays need JAX
         return False
     return isinstance(x, jax.core.Tracer)
+
+
+def itemsize(x: Any) -> int:
+    """Bytes per element of the real floating array ``x`` (4 for float32, 8 for float64), from
+    its dtype alone: works on every backend, tracers and lazy Dask arrays included."""
+    return array_namespace(x).finfo(x.dtype).bits // 8
 
 
 def device_free_memory(xp: Any, x: Any) -> int | None:

@@ -224,7 +224,7 @@ def _make_plan(
         mode = pick_mode(flops)
     if chunk_size is not None and int(chunk_size) < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
-    item = 4 if x.dtype == xp.float32 else 8
+    item = budget.itemsize(x)
     limit = max_memory if max_memory is not None else budget.default_budget(xp, x)
     workers = default_workers() if array_api_compat.is_numpy_namespace(xp) or xp is numpy else 1
     if executor != "auto" and executor not in executors.REGISTRY:
