@@ -964,7 +964,7 @@ def gemm_floor(spec: Spec, batch: int, dtype: Any, repeats: int = 20) -> dict:
     and ``TILE · k`` rows, per tile); the fastest of those row counts, and of all of them
     stacked, gives the rate (the reverse mode: ``chunk · w`` rows).
     """
-    from hessarray.engine.tanh_mlp import TILE
+    from hessarray.tuning import TILE
 
     model = ha_model(spec, dtype)
     plan = ha.plan(model, np.zeros((batch, spec.d), dtype=dtype))

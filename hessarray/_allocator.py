@@ -3,14 +3,16 @@
 Every NumPy operation allocates its result. A block of the engine allocates and frees tens of
 arrays of 10 kB - 1 MB per layer; glibc's defaults return freed memory at the top of the heap
 to the system as soon as more than 128 kB is free (and serve arrays over 128 kB - 32 MB by
-``mmap``), so the next allocation faults fresh, zeroed pages in again. On the PINN-like
-benchmark that is 40 % of the run time (``docs/benchmarks.md``). TensorFlow, JAX and PyTorch
+``mmap``), so the next allocation faults fresh, zeroed pages in again, a large share of the
+run time on the PINN-like benchmark (``docs/benchmarks.md``). TensorFlow, JAX and PyTorch
 avoid it with their own caching allocators; NumPy has none, so hessarray sets glibc's
 thresholds once, the first time it computes on a CPU:
 
 - ``M_MMAP_THRESHOLD`` 32 MiB: arrays up to 32 MiB come from the heap, not from ``mmap``;
 - ``M_TRIM_THRESHOLD`` 128 MiB and ``M_TOP_PAD`` 64 MiB: up to that much freed memory is kept
-  for the next allocation instead of being returned at once.
+  for the next allocation instead of being returned at once
+
+(the values: :mod:`hessarray.tuning`).
 
 This is a process-wide setting of the C allocator (it never changes which memory NumPy
 returns to Python, only when freed pages go back to the system). ``HESSARRAY_MALLOC=0`` in
@@ -25,8 +27,10 @@ import os
 import platform
 import threading
 
+from .tuning import MMAP_THRESHOLD, TOP_PAD, TRIM_THRESHOLD
+
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
-SETTINGS = {_M_MMAP_THRESHOLD: 32 << 20, _M_TRIM_THRESHOLD: 128 << 20, _M_TOP_PAD: 64 << 20}
+SETTINGS = {_M_MMAP_THRESHOLD: MMAP_THRESHOLD, _M_TRIM_THRESHOLD: TRIM_THRESHOLD, _M_TOP_PAD: TOP_PAD}
 
 _done = False
 _applied = False

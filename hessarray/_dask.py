@@ -37,11 +37,9 @@ import numpy
 from ._backend import array_namespace, check_inputs, describe
 from .engine import batching
 from .model import Sequential
+from .tuning import SPLIT_EVERY
 
 __all__ = ["SPLIT_EVERY", "dask_aware"]
-
-#: Partial sums added per node of the tree reduction of summed results.
-SPLIT_EVERY = 8
 
 # Whether a call keeps its batch axis, from its arguments (only those the caller gave).
 _KINDS: dict[str, Callable[[dict], bool]] = {

@@ -5,8 +5,8 @@ mode the portable code makes about eight: ``φ'·t`` for each direction, ``c = g
 ``t c`` and the ``k²`` dot products of the curvature term. For a block of 1024 samples of
 width 64 in float64 (``k = 2``) that is ~5 MB of traffic for ~0.9 MFLOP; one loop over the
 samples that keeps ``c`` and the running sums in registers reads ``φ'``, ``φ''``, ``g`` and
-``t`` once and writes ``φ'·t`` once (~2.6 MB). Measured on the PINN-like benchmark
-(``docs/benchmarks.md``), these kernels cut the whole call by about a fifth.
+``t`` once and writes ``φ'·t`` once (~2.6 MB). Their effect on the PINN-like benchmark is
+in ``docs/benchmarks.md``.
 
 They are used only when every operand is a C-contiguous NumPy float32/float64 array, the
 optional dependency ``numba`` is installed (the ``fast`` extra), and ``HESSARRAY_NUMBA`` was not
@@ -23,16 +23,12 @@ from typing import Any
 
 import numpy
 
+from .tuning import MAX_K, RESIDUAL_WORK
+
 try:  # optional: the ``fast`` extra
     import numba
 except ImportError:  # pragma: no cover - exercised where numba is absent
     numba = None
-
-#: Up to this many tangent directions the forward-mode curvature of an elementwise layer
-#: is contracted in the fused loop (``k(k+1)/2`` dot products per sample, four at a time).
-#: Measured against the portable path (one thread, one block): 1.5-2× faster for k ≤ 16,
-#: ~1.07× at 20-24; at k = 50 in float32 the per-sample BLAS products win (0.7×).
-MAX_K = 24
 
 _FLOATS = (numpy.dtype(numpy.float32), numpy.dtype(numpy.float64))
 
@@ -101,8 +97,7 @@ def symmetrize(h: Any) -> bool:
     array; ``False`` (nothing done) where the loop does not apply.
 
     One pass over ``h``, half of it read across columns; NumPy needs a transposed copy and
-    two more passes (``(10, 1, 64, 64)``: 30 against 76 µs here; ``(1000, 1, 50, 50)``: 5.0
-    against 11.2 ms).
+    two more passes.
     """
     if not (ENABLED and h.ndim >= 2 and _plain(h) and h.flags.writeable):
         return False
@@ -111,24 +106,17 @@ def symmetrize(h: Any) -> bool:
     return True
 
 
-#: A residual block ``x + h·tanh(W x + b)`` runs each pass (value, adjoint, tangents with
-#: curvature) as one loop, or one BLAS product and one loop, while its work,
-#: ``batch · (k + 1) · n²`` multiply-adds, is at most this; beyond it BLAS products and NumPy's
-#: vectorized tanh win. Measured on hessQuik's setting (width 16, batch 10, one thread, k = 2):
-#: a block's three passes take 19 µs as separate NumPy operations (about a dozen, each ~1 µs
-#: of call overhead) and ~12 µs fused.
-RESIDUAL_WORK = 1 << 16
-
-
 def residual_tanh_forward(x: Any, w: Any, b: Any, h: float) -> tuple[Any, ...] | None:
     """``z = x Wᵀ + b``, ``f = tanh z``, ``φ' = 1 - f²``, ``φ'' = -2 f φ'`` and
     ``y = x + h f`` for a small block (``x`` ``(B, n)``, ``W`` ``(n, n)``, ``b`` ``(n,)`` or
-    None): one loop for ``z``, NumPy's vectorized tanh (numba's scalar one is ~20× slower),
-    one loop for the rest.
+    None): one loop for ``z``, NumPy's vectorized tanh (numba's calls the scalar C function),
+    one loop for the rest. A residual block runs each pass (value, adjoint, tangents with
+    curvature) as one loop, or one BLAS product and one loop, while its work,
+    ``batch · (k + 1) · n²`` multiply-adds, is at most :data:`~hessarray.tuning.RESIDUAL_WORK`;
+    beyond it BLAS products and NumPy's vectorized tanh win.
 
-    ``None`` where the loops do not apply: switched off, the block too big
-    (:data:`RESIDUAL_WORK`), or operands that are not C-contiguous NumPy arrays of one
-    float dtype.
+    ``None`` where the loops do not apply: switched off, the block too big, or operands that
+    are not C-contiguous NumPy arrays of one float dtype.
     """
     if not (ENABLED and x.ndim == 2 and x.shape[0] * x.shape[1] ** 2 <= RESIDUAL_WORK):
         return None
@@ -159,9 +147,8 @@ def residual_tanh_push(t: Any, w_t: Any, df: Any, d2f: Any, g: Any, h: float) ->
     """Tangents out of a residual tanh block, ``t + h φ'·s`` ``(k, B, n)`` with ``s = W t``,
     and the curvature term of its tanh, ``Σ_r s_i[r] g[o, r] φ''[r] s_j[r]``
     ``(B, m, k, k)``, for ``g`` ``(B, m, n)`` the adjoint at the tanh's output: ``s`` by one
-    BLAS product (``w_t`` is a C-contiguous ``Wᵀ``), the rest in one loop (k = 16, width 16,
-    batch 10: 10.3 against 13.5 µs with the product in the loop too). ``None`` where the
-    loop does not apply."""
+    BLAS product (``w_t`` is a C-contiguous ``Wᵀ``, faster than the product in the loop), the
+    rest in one loop. ``None`` where the loop does not apply."""
     if not (ENABLED and t.ndim == 3 and g.ndim == 3 and t.shape[0] <= MAX_K):
         return None
     k, batch, n = t.shape

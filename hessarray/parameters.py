@@ -18,14 +18,11 @@ from .engine.budget import check_progress, itemsize, progress_bar
 from .engine.parameter_space import owner_blocks, parameter_products, top_level_blocks
 from .engine.plan import make_plan
 from .model import Sequential
+from .tuning import FULL_MATRIX_COLUMNS, MAX_BYTES
 
 Array = Any
 
 __all__ = ["ParameterOperator", "gauss_newton", "parameter_hessian", "parameter_hvp", "parameter_operator"]
-
-#: Default limit for ``blocks="full"`` and ``flat=True``: 2 GiB. It bounds the size of the
-#: returned ``(P, P)`` matrix (an output), where ``max_memory`` bounds the working set.
-MAX_BYTES = 2 << 30
 
 
 def _groups(model: Sequential) -> dict[str, list[str]]:
@@ -150,7 +147,7 @@ def _full_matrix(model, x2, xp, chunk_size, ggn, max_memory, progress) -> Array:
     sizes = [_size(params[n]) for n in names]
     total = sum(sizes)
     eye = xp.eye(total, dtype=x2.dtype, device=device(x2))
-    block = max(1, min(total, 256))
+    block = max(1, min(total, FULL_MATRIX_COLUMNS))
     plan = _products_plan(model, x2, xp, block, chunk_size, max_memory)
     rows = []
     with progress_bar(progress, -(-total // block) * -(-x2.shape[0] // plan.chunk_size)) as bar:

@@ -3,6 +3,14 @@
 ``xp`` yields a :class:`backends.Backend` (``name``, ``xp``, ``device``, ``asarray``,
 ``to_numpy``); its test ids are the backend names, so ``pytest -rs -v`` shows what passed or
 skipped per backend. GPU backends (cupy, torch:cuda, jax:cuda) skip cleanly without a GPU.
+
+Hypothesis runs under the ``hessarray`` profile: few examples (``HESSARRAY_HYPOTHESIS_EXAMPLES``
+raises them), no example database. Its examples are random per session, with the seed in the
+report header (``HESSARRAY_HYPOTHESIS_SEED`` repeats it). In CI (the ``CI`` environment
+variable set to anything but ``0``/``false``/``no``; CI services set ``CI=true``) they are the
+same on every run: the profile is derandomized (each test's examples follow from its name) and
+the seed the ``@seed`` tests share is 0, so a CI failure reproduces by running the same test
+with ``CI=true``.
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ import os
 import pytest
 from backends import BACKENDS, Backend, make_backend
 from hypothesis import HealthCheck, settings
-from strategies import HYPOTHESIS_SEED
+from strategies import HYPOTHESIS_SEED, IN_CI
 
 # Few examples by default (the whole suite must stay fast on two cores); raise them with
 # HESSARRAY_HYPOTHESIS_EXAMPLES=500 for a deeper search. No example database is written into
@@ -24,12 +32,14 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     database=None,
     print_blob=True,
+    derandomize=IN_CI,
 )
 settings.load_profile("hessarray")
 
 
 def pytest_report_header(config):
-    return f"hessarray tests: hypothesis seed {HYPOTHESIS_SEED} (set HESSARRAY_HYPOTHESIS_SEED to repeat)"
+    where = ", derandomized (CI)" if IN_CI else ""
+    return f"hessarray tests: hypothesis seed {HYPOTHESIS_SEED}{where} (set HESSARRAY_HYPOTHESIS_SEED to repeat)"
 
 
 @pytest.fixture(params=BACKENDS, ids=BACKENDS)

@@ -13,10 +13,15 @@ from dataclasses import dataclass
 import numpy as np
 from hypothesis import strategies as st
 
+#: Whether the tests run in CI (the ``CI`` environment variable set, as CI services do): there
+#: Hypothesis draws the same examples on every run (:data:`HYPOTHESIS_SEED` fixed, and the
+#: profile in ``conftest.py`` derandomized).
+IN_CI = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
 #: One seed for every Hypothesis test of a session, so that the tests parametrized over
 #: backends draw the same examples and share cached references; set
-#: HESSARRAY_HYPOTHESIS_SEED to repeat a session.
-HYPOTHESIS_SEED = int(os.environ.get("HESSARRAY_HYPOTHESIS_SEED") or random.randrange(2**32))
+#: HESSARRAY_HYPOTHESIS_SEED to repeat a session. Random per session, except in CI (0).
+HYPOTHESIS_SEED = int(os.environ.get("HESSARRAY_HYPOTHESIS_SEED") or (0 if IN_CI else random.randrange(2**32)))
 
 #: activations that keep values bounded or grow at most linearly
 MILD = ["tanh", "sigmoid", "softplus", "relu", "leaky_relu", "elu", "silu", "logcosh", "sin", "cos", "identity", "user"]

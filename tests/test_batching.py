@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import hessarray as ha
-from hessarray.engine.plan import MIN_SPLIT, balanced_chunk
+from hessarray.engine.plan import balanced_chunk
+from hessarray.tuning import MIN_SPLIT
 
 
 def recording_model(names: list[str]) -> ha.Sequential:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import hessarray as ha
-from hessarray.engine.forward import SMALL_K
+from hessarray.tuning import SMALL_K
 
 LAYERS_MD = Path(__file__).resolve().parent.parent / "docs" / "layers.md"
 FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)

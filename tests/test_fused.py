@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 
 import hessarray as ha
-from hessarray import _fused
-from hessarray.engine import forward as forward_engine
+from hessarray import _fused, tuning
 from hessarray.engine.forward import contract
 from hessarray.layers.base import Contracted
 
@@ -55,7 +54,7 @@ def _terms(factors, part):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
-@pytest.mark.parametrize("k", [1, 2, 3, _fused.MAX_K])
+@pytest.mark.parametrize("k", [1, 2, 3, tuning.MAX_K])
 @pytest.mark.parametrize("m", [1, 3])
 @pytest.mark.parametrize("name", list(ACTIVATIONS))
 def test_push_curvature_matches_portable(portable, name, k, m, dtype):
@@ -100,7 +99,7 @@ def test_tanh_derivatives_match_portable(portable):
 
 def test_push_curvature_falls_back_where_it_does_not_apply(portable):
     layer = ha.Tanh()
-    z, t, g = _operands(np.float64, _fused.MAX_K + 1, 1)
+    z, t, g = _operands(np.float64, tuning.MAX_K + 1, 1)
     _, cache = layer.forward(z)
     _, factors = layer.push(cache, t, g)
     assert not isinstance(factors[0], Contracted), "too many directions: per-sample GEMMs"
@@ -186,7 +185,7 @@ def _tanh_block(dtype, n, bias=True, h=0.7, seed=0):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
-@pytest.mark.parametrize("k,m", [(1, 1), (3, 1), (2, 3), (_fused.MAX_K, 1)])
+@pytest.mark.parametrize("k,m", [(1, 1), (3, 1), (2, 3), (tuning.MAX_K, 1)])
 def test_residual_tanh_block_matches_portable(portable, k, m, bias, dtype):
     """Each pass of ``x + h tanh(W x + b)`` (value, adjoints, tangents with curvature) as one
     fused loop against the layers' own portable passes."""
@@ -227,7 +226,7 @@ def test_residual_tanh_block_falls_back_where_it_does_not_apply(portable):
     n = 8
     block = _tanh_block(np.float64, n)
     w, b = block.layers[0].weight, block.layers[0]._b
-    big = np.zeros((_fused.RESIDUAL_WORK // n**2 + 1, n))
+    big = np.zeros((tuning.RESIDUAL_WORK // n**2 + 1, n))
     assert _fused.residual_tanh_forward(big, w, b, 0.5) is None, "big blocks: BLAS and NumPy's tanh"
     assert _fused.residual_tanh_forward(big[:4], w, b, 0.5) is not None
     assert _fused.residual_tanh_forward(big[:4].astype(np.float32), w, b, 0.5) is None, "mixed dtypes"
@@ -236,13 +235,13 @@ def test_residual_tanh_block_falls_back_where_it_does_not_apply(portable):
     g = np.ones((4, 1, n))
     _, cache = block.forward(x)
     df, d2f = cache[1][1].cache
-    t = np.ones((_fused.MAX_K + 1, 4, n))
+    t = np.ones((tuning.MAX_K + 1, 4, n))
     w_t = np.ascontiguousarray(w.T)
     assert _fused.residual_tanh_push(t, w_t, df, d2f, g, 0.5) is None, "too many directions"
     assert _fused.residual_tanh_push(np.broadcast_to(t[:2, :1], (2, 4, n)), w_t, df, d2f, g, 0.5) is None
     assert _fused.residual_tanh_push(t[:2], w.T, df, d2f, g, 0.5) is None, "a transposed view of W"
     assert _fused.residual_tanh_push(t[:2], w_t, df, d2f, g, 0.5) is not None
-    assert _fused.residual_tanh_pull(np.ones((_fused.RESIDUAL_WORK // n**2 + 1, 1, n)), w, df, 0.5) is None
+    assert _fused.residual_tanh_pull(np.ones((tuning.RESIDUAL_WORK // n**2 + 1, 1, n)), w, df, 0.5) is None
     # Big and mixed blocks still give the layers' results (through the portable passes).
     xb = np.random.default_rng(1).standard_normal(big.shape)
     y, _ = block.forward(xb)
@@ -323,7 +322,7 @@ def test_symmetrize_in_place_matches_portable(portable, dtype, shape):
     np.testing.assert_array_equal(symmetrize(np, strided, owned=True), expected)
 
 
-@pytest.mark.parametrize("k", [forward_engine.SPLIT_K, 50])
+@pytest.mark.parametrize("k", [tuning.SPLIT_K, 50])
 def test_split_contraction_matches_one_product(k):
     """NumPy float32, many directions: ``tᵀ diag(c) t`` as two products and a mirror."""
     rng = np.random.default_rng(k)
@@ -333,7 +332,7 @@ def test_split_contraction_matches_one_product(k):
     want = np.einsum("ibr,bor,jbr->boij", t.astype(np.float64), c.astype(np.float64), t.astype(np.float64))
     assert got.shape == (9, 1, k, k) and got.dtype == np.float32
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5 * np.max(np.abs(want)))
-    k1 = forward_engine.SPLIT_COLUMNS  # the block above the trailing one is its mirror
+    k1 = tuning.SPLIT_COLUMNS  # the block above the trailing one is its mirror
     np.testing.assert_array_equal(got[..., :k1, k1:], np.swapaxes(got[..., k1:, :k1], -1, -2))
     # Not for a non-symmetric triple: the one-product path.
     other = rng.standard_normal(t.shape).astype(np.float32)

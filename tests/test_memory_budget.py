@@ -10,6 +10,7 @@ import pytest
 from backends import materialize
 
 import hessarray as ha
+from hessarray import tuning
 from hessarray.engine import batching, budget, executors
 
 RNG = np.random.default_rng(7)
@@ -317,19 +318,19 @@ def test_default_budget_on_a_fake_gpu(monkeypatch):
     torch = pytest.importorskip("torch")
     model = softplus_model(d=6, width=32, asarray=lambda a: torch.asarray(a))
     x = torch.asarray(RNG.standard_normal((5000, 6)))
-    assert ha.plan(model, x).max_memory == budget.CPU_BYTES and ha.plan(model, x).chunk_size <= 5000
+    assert ha.plan(model, x).max_memory == tuning.CPU_BYTES and ha.plan(model, x).chunk_size <= 5000
     free = 8 << 20
     monkeypatch.setattr(budget, "device_free_memory", lambda xp, a: free)
     plan = ha.plan(model, x)
-    assert plan.max_memory == int(free * budget.DEVICE_SHARE)
+    assert plan.max_memory == int(free * tuning.DEVICE_SHARE)
     assert plan.working_set <= plan.max_memory and plan.chunk_size < 5000
-    explicit = ha.plan(model, x, max_memory=int(free * budget.DEVICE_SHARE))
+    explicit = ha.plan(model, x, max_memory=int(free * tuning.DEVICE_SHARE))
     assert explicit.chunk_size == plan.chunk_size, "the default is DEVICE_SHARE of the free memory"
     same(ha.hessian(model, x).numpy(), ha.hessian(model, x, chunk_size=5000).numpy())
 
 
 def test_default_budgets():
-    assert budget.default_budget(np, np.ones(3)) == budget.CPU_BYTES
+    assert budget.default_budget(np, np.ones(3)) == tuning.CPU_BYTES
     da = pytest.importorskip("dask.array")
     xp = ha._backend.array_namespace(da.ones(3))
     assert budget.default_budget(xp, da.ones(3)) is None

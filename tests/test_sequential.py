@@ -8,7 +8,8 @@ from backends import SLOW, backend_cases, materialize
 from reference import assert_close, build_hessarray, cached_torch_reference
 
 import hessarray as ha
-from hessarray.engine.plan import REVERSE_ADVANTAGE, pick_mode
+from hessarray.engine.plan import pick_mode
+from hessarray.tuning import REVERSE_ADVANTAGE
 
 _rng = np.random.default_rng(3)
 D, N, M, BATCH = 3, 5, 2, 4

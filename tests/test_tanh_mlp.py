@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import hessarray as ha
-from hessarray import _fused
+from hessarray import tuning
 from hessarray.engine import tanh_mlp
 
 pytest.importorskip("numba")
@@ -52,12 +52,12 @@ CASES = [  # (d, widths, out, total, bias)
     (3, [5, 7, 4], 1, False, False),  # unequal widths, no bias
     (4, [16, 9], 3, True, True),  # several outputs summed
     (6, [6, 33, 6], 1, False, True),  # the input as wide as the first layer
-    (_fused.MAX_K, [30, 30], 1, False, True),  # the most directions the loop takes
+    (tuning.MAX_K, [30, 30], 1, False, True),  # the most directions the loop takes
 ]
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
-@pytest.mark.parametrize("batch", [1, tanh_mlp.TILE - 1, tanh_mlp.TILE, 2 * tanh_mlp.TILE + 5])
+@pytest.mark.parametrize("batch", [1, tuning.TILE - 1, tuning.TILE, 2 * tuning.TILE + 5])
 @pytest.mark.parametrize(("d", "widths", "out", "total", "bias"), CASES)
 def test_matches_portable_passes(matches_portable, d, widths, out, total, bias, batch, dtype):
     model = mlp(d, widths, dtype, out=out, bias=bias, total=total)
@@ -118,8 +118,8 @@ def _unmatched():
     return {
         "input wider than the first layer": (ha.Sequential(dense(2, 3), ha.Tanh(), dense(1, 2)), 3),
         "more directions than the loop takes": (
-            ha.Sequential(dense(40, _fused.MAX_K + 1), ha.Tanh(), dense(1, 40)),
-            _fused.MAX_K + 1,
+            ha.Sequential(dense(40, tuning.MAX_K + 1), ha.Tanh(), dense(1, 40)),
+            tuning.MAX_K + 1,
         ),
         "several outputs, no Sum": (ha.Sequential(dense(4, 2), ha.Tanh(), dense(2, 4)), 2),
         "another activation": (ha.Sequential(dense(4, 2), ha.Sigmoid(), dense(1, 4)), 2),
@@ -213,7 +213,7 @@ def test_serial_calls_limit_blas_threads_for_big_tiles(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
-@pytest.mark.parametrize("batch", [1, tanh_mlp.TILE + 1, 7 * tanh_mlp.TILE - 3])
+@pytest.mark.parametrize("batch", [1, tuning.TILE + 1, 7 * tuning.TILE - 3])
 @pytest.mark.parametrize("workers", [2, 3, 8])
 def test_threads_sharing_the_tiles_give_the_serial_result(batch, workers, dtype):
     """Threads claim tiles from one counter: every tile once, whichever thread takes it (the

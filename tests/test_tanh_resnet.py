@@ -12,8 +12,8 @@ import pytest
 from reference import assert_close
 
 import hessarray as ha
-from hessarray import _fused
-from hessarray.engine import tanh_mlp, tanh_resnet
+from hessarray import _fused, tuning
+from hessarray.engine import tanh_resnet
 
 pytest.importorskip("numba")
 pytest.importorskip("scipy")
@@ -52,7 +52,7 @@ CASES = [  # (d, n, blocks, first, out, total, bias)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
-@pytest.mark.parametrize("batch", [1, 10, tanh_mlp.TILE, 2 * tanh_mlp.TILE + 3])
+@pytest.mark.parametrize("batch", [1, 10, tuning.TILE, 2 * tuning.TILE + 3])
 @pytest.mark.parametrize(("d", "n", "blocks", "first", "out", "total", "bias"), CASES)
 def test_matches_portable_passes(matches_portable, d, n, blocks, first, out, total, bias, batch, dtype):
     model = resnet(d, n, blocks, dtype, first=first, out=out, total=total, bias=bias)
@@ -63,7 +63,7 @@ def test_matches_portable_passes(matches_portable, d, n, blocks, first, out, tot
 @pytest.mark.parametrize("workers", [2, 3])
 def test_threads_sharing_the_tiles_give_the_serial_result(workers):
     model = resnet(3, 12, 2, np.float64, first=ha.LogCosh)
-    x = np.random.default_rng(2).standard_normal((5 * tanh_mlp.TILE + 7, 3))
+    x = np.random.default_rng(2).standard_normal((5 * tuning.TILE + 7, 3))
     serial = tanh_resnet.tanh_resnet_derivatives(model.layers, x, "full", workers=1)
     for _ in range(3):
         shared = tanh_resnet.tanh_resnet_derivatives(model.layers, x, "full", workers=workers)

@@ -7,11 +7,12 @@ the blocks in flight stay within the budget: ``max_memory`` bytes when given, ot
 default found here, once per call and from the input's device only (never per block, never
 from array values).
 
-The defaults, in one place:
+The defaults (their values in :mod:`hessarray.tuning`):
 
-- :data:`DEVICE_SHARE` of the device's free memory, where the backend reports it (CuPy,
-  torch on CUDA, JAX on an accelerator: under ``jax.jit``, the default device's);
-- :data:`CPU_BYTES` on CPUs (NumPy, array-api-strict, torch CPU, JAX CPU);
+- :data:`~hessarray.tuning.DEVICE_SHARE` of the device's free memory, where the backend
+  reports it (CuPy, torch on CUDA, JAX on an accelerator: under ``jax.jit``, the default
+  device's);
+- :data:`~hessarray.tuning.CPU_BYTES` on CPUs (NumPy, array-api-strict, torch CPU, JAX CPU);
 - no budget on Dask: its own chunks bound the memory of each task.
 """
 
@@ -24,15 +25,7 @@ from typing import Any
 import array_api_compat
 
 from .._backend import array_namespace
-
-#: Share of the device's free memory a call may hold by default: the other half is left for
-#: the caller's own arrays, the outputs and the allocator's fragmentation.
-DEVICE_SHARE = 0.5
-
-#: Default budget where free memory is not known or not a hard limit (CPUs):
-#: fixed rather than measured, since host memory is shared with other processes and swaps
-#: rather than fails; cache-sized blocks stay far below it, so it only bounds very wide inputs.
-CPU_BYTES = 1 << 30
+from ..tuning import CPU_BYTES, DEVICE_SHARE
 
 
 def _is_tracer(x: Any) -> bool:
@@ -85,8 +78,9 @@ def device_free_memory(xp: Any, x: Any) -> int | None:
 
 
 def default_budget(xp: Any, x: Any) -> int | None:
-    """The working-set budget when ``max_memory`` is not given: :data:`DEVICE_SHARE` of the
-    accelerator's free memory, :data:`CPU_BYTES` elsewhere, ``None`` (no limit) on Dask."""
+    """The working-set budget when ``max_memory`` is not given:
+    :data:`~hessarray.tuning.DEVICE_SHARE` of the accelerator's free memory,
+    :data:`~hessarray.tuning.CPU_BYTES` elsewhere, ``None`` (no limit) on Dask."""
     if array_api_compat.is_dask_namespace(xp):
         return None
     free = device_free_memory(xp, x)

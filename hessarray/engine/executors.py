@@ -120,9 +120,11 @@ def _whole_network(layers: list[Layer], x: Any, part: str, workers: int) -> tupl
 class NumpyCompiled:
     """NumPy's compiled whole-network kernels (:mod:`.tanh_mlp`, :mod:`.tanh_resnet`).
 
-    The plan's ``chunk_size`` is the samples per call (the whole batch unless the memory budget
-    splits it); each call shares its tiles of :attr:`tile` samples among ``plan.workers``
-    threads."""
+    The plan's ``chunk_size`` is the samples per call (the whole batch unless the memory budget,
+    or :data:`hessarray.tuning.REDUCED_BYTES` for a diagonal or trace, splits it); each call
+    shares its tiles of :attr:`tile` samples among ``plan.workers`` threads. For a diagonal or
+    trace the kernels keep each tile's Hessians in a buffer of their own and write out only
+    the diagonal: no ``(B, d, d)`` array is formed."""
 
     name = "numpy-compiled"
     tile = tanh_mlp.TILE
@@ -135,20 +137,24 @@ class NumpyCompiled:
     def memory(
         self, layers: list[Layer], d: int, part: str, mode: str, directions: int | None, item: int
     ) -> tuple[int, int]:
-        """Each thread's tile buffers; per sample, the ``(k, k)`` Hessian where only
-        its diagonal or trace is asked for or where it is mapped back from ``k = n`` seeds to
-        ``d`` (the value, Jacobian and full Hessian are written into the outputs)."""
+        """Each thread's tile buffers (with a tile's ``(k, k)`` Hessians where only their
+        diagonal or trace is kept); per sample, the ``(k, k)`` Hessian where it is mapped back
+        from ``k = n`` seeds to ``d``, else the Jacobian and diagonal that the diagonal and
+        trace do not return (the value, Jacobian and full Hessian are written into the
+        outputs)."""
         n = layers[0].out_width(d)
         narrowed = d > n
         k = n if narrowed else d
-        per_sample = 0
-        if part != "full" or narrowed:
-            per_sample = item * (2 + k * k + 2 * k * d + (d * d if narrowed else 0))
+        per_sample, per_tile = 0, 0
+        if narrowed:
+            per_sample = item * (2 + k * k + 2 * k * d + d * d)
+        elif part != "full":
+            per_sample, per_tile = item * (k + d), item * self.tile * k * k
         widest, depth, width = d, 0, d
         for layer in layers:
             width = layer.out_width(width)
             widest, depth = max(widest, width), depth + 1
-        return item * self.tile * widest * (2 * depth + 8 + 2 * k), per_sample
+        return item * self.tile * widest * (2 * depth + 8 + 2 * k) + per_tile, per_sample
 
     def run(self, layers: list[Layer], x: Any, xp: Any, plan: Any, part: str, progress: Any = None) -> tuple:
         if plan.chunk_size >= x.shape[0]:

@@ -20,6 +20,7 @@ import numpy
 from .._backend import array_namespace, device, diag_embed, identity, matmul_last, repeat_view, symmetrize
 from ..layers.base import Contracted, Layer
 from ..layers.chain import adjoints, forward_chain
+from ..tuning import SMALL_K, SPLIT_COLUMNS, SPLIT_K
 
 
 def identity_seed(xp: Any, batch: int, n: int, like: Any) -> Any:
@@ -27,17 +28,14 @@ def identity_seed(xp: Any, batch: int, n: int, like: Any) -> Any:
     return repeat_view(xp, identity(xp, n, like), 0, batch)
 
 
-#: Up to this many directions the ``k²`` entries of a factor triple are dot products taken
-#: in place (``vecdot``, broadcast); beyond it one small matrix product per sample is faster
-#: (NumPy, one thread: k=2 89 vs 100 µs for 341 samples of width 64; k=4 238 vs 140 µs).
-SMALL_K = 2
-
-
 def contract(xp: Any, factor: tuple, part: str) -> Any:
     """One factor triple ``(L, c, R)`` contracted to its Hessian term.
 
     ``part="full"``: ``(B, m, k, k)``, ``Σ_r L[i] c R[j]``; ``"diag"``: ``(B, m, k)``, only
     ``i = j`` (``O(k r)``, no ``k²`` work); ``"trace"``: ``(B, m)``, the sum of the diagonal.
+
+    Up to :data:`~hessarray.tuning.SMALL_K` directions the ``k²`` entries are dot products
+    taken in place (``vecdot``, broadcast), beyond it one small matrix product per sample.
     """
     if isinstance(factor, Contracted):  # the layer contracted it itself (few directions)
         return contracted_part(xp, factor.term, part)
@@ -59,17 +57,15 @@ def contract(xp: Any, factor: tuple, part: str) -> Any:
     return xp.reshape(xp.matmul(lc, xp.permute_dims(right, (1, 2, 0))), (batch, m, k, k))
 
 
-#: From this many directions the symmetric term ``tᵀ diag(c) t`` of one output is formed as
-#: two per-sample products, the first ``SPLIT_COLUMNS`` columns and the trailing block, and the
-#: rest mirrored: ``k·16 + (k-16)²`` instead of ``k²`` products per ``r`` (NumPy, float32; k = 50,
-#: width 64, 100-167 samples, one thread: 0.83-0.91 against 0.98-1.34 ms; in float64 OpenBLAS
-#: runs the narrower products slower and the split does not pay).
-SPLIT_K = 32
-SPLIT_COLUMNS = 16
-
-
 def _contract_split(t: Any, c: Any) -> Any:
-    """``contract`` of ``(t, c, t)`` for one output (``c`` ``(B, 1, r)``), ``(B, 1, k, k)``."""
+    """``contract`` of ``(t, c, t)`` for one output (``c`` ``(B, 1, r)``), ``(B, 1, k, k)``.
+
+    From :data:`~hessarray.tuning.SPLIT_K` directions (NumPy, float32) the symmetric term
+    ``tᵀ diag(c) t`` is formed as two per-sample products, the first ``SPLIT_COLUMNS`` columns
+    and the trailing block, and the rest mirrored: ``k·16 + (k-16)²`` instead of ``k²``
+    products per ``r``. In float64 OpenBLAS runs the narrower products slower and the split
+    does not pay.
+    """
     k, batch, r = t.shape
     k1 = SPLIT_COLUMNS
     lc = numpy.empty((batch, k, r), t.dtype)
@@ -215,5 +211,5 @@ def map_back(xp: Any, h: Any, outer: Any, part: str) -> Any:
     if part == "diag":
         return xp.sum(a * s_t, axis=-2)
     # S (H Sᵀ), S broadcast over the samples: no transposed copy of the (B, m, n, d) product
-    # (NumPy: 1.2-1.6× faster than one GEMM on a transposed copy, for 10 to 1000 samples).
+    # (NumPy: faster than one GEMM on a transposed copy, docs/benchmarks.md).
     return xp.matmul(outer, a)

@@ -17,18 +17,11 @@ import numpy
 from .. import _fused
 from .._backend import is_eager_cpu
 from ..layers.base import Layer
+from ..tuning import BLOCK_BYTES, MIN_BLOCK, MIN_SPLIT, REDUCED_BYTES, REVERSE_ADVANTAGE, WORKING_SET_QUARTERS
 from . import budget, executors
 from .batching import default_workers
 
 MODES = ("auto", "forward", "reverse")
-
-#: Bytes of working state per block on CPU (as estimated in :func:`_make_plan`). With freed
-#: memory kept for reuse (:mod:`hessarray._allocator`), blocks of 3-6 MiB ran fastest here
-#: (PINN-like: 1024 samples 1.2× faster than 341; d=50: 64 samples 1.3× faster than 20;
-#: d=50 float64 with 100 samples 5 % faster than 60); much larger blocks fall out of cache
-#: (10 000 samples at once: 1.5-2× slower). The block size is then evened out over the
-#: threads (:func:`balanced_chunk`).
-BLOCK_BYTES = 6 << 20
 
 
 @dataclass(frozen=True)
@@ -44,7 +37,8 @@ class Plan:
     chunk_size : int
         Samples per block: the batch runs block by block (one block when it is the batch
         size). For an executor with a ``tile``, samples per call (the whole batch unless the
-        memory budget splits it), each call sharing its tiles among the threads.
+        memory budget, or :data:`hessarray.tuning.REDUCED_BYTES` for a diagonal or trace,
+        splits it), each call sharing its tiles among the threads.
     flops : dict
         Estimated multiply-adds per sample of each mode.
     workers : int
@@ -80,19 +74,12 @@ class Plan:
         return self.executor != "portable"
 
 
-#: ``mode="auto"`` takes the reverse mode only when its FLOP estimate is this many times
-#: smaller than the forward mode's. Where a dense layer narrows a wide input first, the forward
-#: mode's seeds live in the narrow space and the two estimates stay within 12 % of each other
-#: (MLPs of width 16-256, d up to 1000). There the forward mode, GEMMs over all samples,
-#: measured as fast as the reverse mode or faster (by up to 11 %; never slower by more than
-#: 2 %) in three runs of the mode grid (docs/benchmarks.md). Where a curved layer meets the
-#: wide input itself, the reverse mode's estimate is several times smaller and it runs.
-REVERSE_ADVANTAGE = 1.15
-
-
 def pick_mode(flops: dict[str, float]) -> str:
-    """The mode ``"auto"`` runs for these per-sample FLOP estimates (see
-    :data:`REVERSE_ADVANTAGE`)."""
+    """The mode ``"auto"`` runs for these per-sample FLOP estimates: the forward mode unless
+    the reverse mode's estimate is :data:`hessarray.tuning.REVERSE_ADVANTAGE` times smaller.
+    Where a dense layer narrows a wide input first, the forward mode's seeds live in the
+    narrow space and the two estimates stay close; where a curved layer meets the wide input
+    itself, the reverse mode's estimate is several times smaller and it runs."""
     return "forward" if flops["forward"] <= REVERSE_ADVANTAGE * flops["reverse"] else "reverse"
 
 
@@ -248,7 +235,7 @@ def _make_plan(
             cache_bytes = item * widest * (1 + d + m + m * d)
         else:
             cache_bytes = item * widest * (1 + m + m * widest)
-        chunk = max(16, BLOCK_BYTES // max(cache_bytes, 1))
+        chunk = max(MIN_BLOCK, BLOCK_BYTES // max(cache_bytes, 1))
     else:  # GPUs, XLA and Dask schedule large blocks themselves
         chunk = max(batch, 1)
     if limit is not None:
@@ -293,6 +280,10 @@ def _fused_plan(
         fit = max(1, (limit - per_block) // per_sample)
         if fit < chunk:  # whole tiles per call where the budget allows
             chunk = fit // tile * tile if fit >= tile else fit
+    if chunk_size is None and part in ("diag", "trace") and per_sample:
+        # Only a diagonal or trace returned: calls of whole tiles (the tiles, and so the
+        # results, of the whole batch's call) whose temporaries stay within REDUCED_BYTES.
+        chunk = min(chunk, max(workers * tile, REDUCED_BYTES // per_sample // tile * tile))
     chunk = max(1, min(chunk, max(batch, 1)))
     return Plan("forward", chunk, flops, workers, limit, per_block + chunk * per_sample, executor.name, tile)
 
@@ -324,25 +315,20 @@ def _working_set(layers: list[Layer], d: int, mode: str, hessian: bool, part: st
     caches = 4 * units
     k = min(d, seeded if seeded is not None else d)  # seeds in the narrower space (forward_mode)
     if not hessian:  # the Jacobian: k tangents forward or m adjoints back
-        return _SAFETY * (caches + 3 * (k if mode == "forward" else m) * widest + m * (1 + d)) // 4
+        return WORKING_SET_QUARTERS * (caches + 3 * (k if mode == "forward" else m) * widest + m * (1 + d)) // 4
     adjoints = m * units
     if part == "hvp":  # k directions forward, their second-order adjoints back
         k = d if directions is None else directions
         found = caches + adjoints + 3 * (1 + m) * k * units + 4 * m * d * k + m * (1 + d) + k * d
-        return _SAFETY * found // 4
+        return WORKING_SET_QUARTERS * found // 4
     results = m * (1 + d + {"full": d * d, "diag": d, "trace": 1}[part])
     if mode == "reverse":
-        return _SAFETY * (caches + adjoints + 4 * m * widest * widest + results) // 4
+        return WORKING_SET_QUARTERS * (caches + adjoints + 4 * m * widest * widest + results) // 4
     if k < d:  # the (k, k) Hessian formed in full, then mapped back to d
         term = 4 * m * k * k + m * {"full": k * d + d * d, "diag": k * d, "trace": k * k}[part]
     else:
         term = 4 * m * {"full": d * d, "diag": d, "trace": 1}[part]
-    return _SAFETY * (caches + adjoints + (3 + 2 * m) * k * widest + term + results) // 4
-
-
-#: The working set is estimated 5/4 of the largest measured (tracemalloc's peak over the
-#: outputs came within 1 % of the plain count for a residual network's Laplacian).
-_SAFETY = 5
+    return WORKING_SET_QUARTERS * (caches + adjoints + (3 + 2 * m) * k * widest + term + results) // 4
 
 
 def balanced_chunk(batch: int, chunk: int, workers: int) -> int:
@@ -350,15 +336,10 @@ def balanced_chunk(batch: int, chunk: int, workers: int) -> int:
     ``workers`` blocks of equal size (the last one may be smaller by a few samples).
 
     With few blocks an uneven split idles a core: 10 000 samples in blocks of 2048 are five
-    blocks, three on one thread and two on the other (PINN-like float32: 33 ms; six blocks of
-    1667: 29.6 ms).
+    blocks, three on one thread and two on the other, where six blocks of 1667 keep both busy.
     """
     blocks = -(-batch // max(chunk, 1))
     if blocks == 1:  # one block would leave the other cores idle: split when worth a thread
         blocks = max(1, min(workers, batch // MIN_SPLIT))
     blocks = -(-blocks // workers) * workers if blocks > 1 else 1
     return max(1, -(-batch // blocks))
-
-
-#: Fewest samples per block worth handing to another thread when the batch fits in one block.
-MIN_SPLIT = 64

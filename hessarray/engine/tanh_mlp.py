@@ -13,20 +13,16 @@ Counted on the PINN-like benchmark (d = 2, width 64, depth 4): the GEMMs are the
 1.03 GFLOP per 10 000 samples; the elementwise work drops from about 17 passes over a
 ``(B, n)`` array per hidden layer, most of them out of cache, to 4 over a tile in L2 (φ'
 recomputed from tanh where needed instead of stored; with more than two input directions,
-about 8). Measured on one thread: 43 against 23.6 ms per call in float64, 19.7 against
-11.5 ms in float32, of which the GEMMs take about 9 ms (108-114 GFLOP/s; the core's FMA peak
-is about 118), tanh 1.1 ms and the other loops 1.3 ms.
+about 8). The timings are in ``docs/benchmarks.md``.
 
-tanh is the kernel's own (:func:`tanh_rows`): numba's calls the scalar C library function
-(~20× slower than NumPy's vectorized loop); this one vectorizes: on a 64 × 64 tile, 0.99 ns
-per float64 element against NumPy's 1.77 (float32: 0.44 against 0.45), within 2 ulp of the
-exact value.
+tanh is the kernel's own (:func:`tanh_rows`): numba's calls the scalar C library function,
+which does not vectorize; this one vectorizes, within 2 ulp of the exact value.
 
 Used only where it applies exactly (:func:`tanh_mlp_derivatives` returns ``None``
 otherwise, and the engine runs its portable passes): NumPy float32/float64 input and
 parameters of that dtype, the layers exactly ``Dense, Tanh`` pairs then one ``Dense`` to one
 output (or to several, then ``Sum``), the input no wider than the first layer and at most
-:data:`hessarray._fused.MAX_K` wide, the fused kernels enabled, and SciPy installed (numba's
+:data:`hessarray.tuning.MAX_K` wide, the fused kernels enabled, and SciPy installed (numba's
 ``np.dot`` calls SciPy's BLAS).
 """
 
@@ -41,17 +37,8 @@ from .. import _fused
 from ..layers.dense import Dense
 from ..layers.elementwise import Tanh
 from ..layers.losses import Sum
+from ..tuning import BLAS_THREADED_WORK, TILE
 from . import batching
-
-#: Samples per tile: a tile's values, adjoints and tangents (k = 2, width 64, float64: ~200 kB)
-#: stay in a core's L2 cache. Whole calls, two threads, float64 / float32 (tiles of 32, 64, 96,
-#: 128): PINN-like 11.7, 11.6, 11.6, 12.9 / 5.9, 5.9, 5.8, 6.3 ms; d = 10, width 256 (tiles of
-#: 32-256) within 8 % / 4 %, 64 within 1.3 % / 0.6 % of the fastest; d = 20, width 64: 32
-#: 5-6 % faster than 64; d = 2, width 256, float32: 128 fastest (18.4 against 19.6 ms at 64).
-TILE = 64
-
-#: OpenBLAS's GEMM runs on one thread up to this ``M·N·K`` (its ``SMP_THRESHOLD_MIN`` × 4).
-BLAS_THREADED_WORK = 1 << 18
 
 # numba's ``np.dot`` needs SciPy's BLAS; loading it here, at import, also puts its OpenBLAS
 # under the thread limit that block-parallel runs set (threadpoolctl sees the libraries loaded
@@ -97,14 +84,24 @@ def _c_array(a: Any) -> Any:
     return a if a.flags.c_contiguous and a.flags.writeable else numpy.array(a, order="C")
 
 
-def _outputs(out: Dense, total: bool, batch: int, k: int, dtype: Any) -> tuple:
+def _outputs(out: Dense, total: bool, batch: int, k: int, dtype: Any, part: str = "full") -> tuple:
     """The output layer's gradient ``(n,)`` and bias ``(1,)`` as the kernels take them (summed
-    over the outputs if ``total``), and the value, Jacobian and Hessian arrays they fill."""
+    over the outputs if ``total``), and the value, Jacobian and Hessian arrays they fill. The
+    Hessian array is empty (no samples) where only its diagonal or trace is asked for: the
+    kernels then keep each tile's Hessians in a buffer of their own (:func:`_diagonal`)."""
     w, b = out.weight, out._b
     g_last = numpy.ascontiguousarray(w.sum(axis=0) if total else w[0])
     b_out = numpy.zeros(1, dtype) if b is None else numpy.reshape(b.sum() if total else b[0], (1,))
     y = numpy.empty((batch, 1), dtype)
-    return g_last, b_out, y, numpy.empty((batch, 1, k), dtype), numpy.empty((batch, 1, k, k), dtype)
+    rows = batch if part == "full" else 0
+    return g_last, b_out, y, numpy.empty((batch, 1, k), dtype), numpy.empty((rows, 1, k, k), dtype)
+
+
+def _diagonal(hess: Any, part: str, batch: int, k: int, dtype: Any) -> Any:
+    """The ``(B, 1, k)`` array the kernels write the Hessians' diagonals into, tile by tile,
+    where ``part`` is ``"diag"`` or ``"trace"`` (then ``hess`` is empty); an empty one for the
+    full Hessian."""
+    return numpy.empty((0 if part == "full" else batch, 1, k), dtype)
 
 
 def _applicable(layers: list, x: Any) -> tuple | None:
@@ -138,7 +135,8 @@ def tanh_mlp_derivatives(layers: list, x: Any, part: str, workers: int = 1) -> t
     batch, d = x.shape
     hidden, out, total = matched  # total: several outputs, then Sum
     dtype = x.dtype
-    g_last, b_out, y, jac, hess = _outputs(out, total, batch, d, dtype)
+    g_last, b_out, y, jac, hess = _outputs(out, total, batch, d, dtype, part)
+    diag = _diagonal(hess, part, batch, d, dtype)
     biases = tuple(
         _c_array(dense._b) if dense._b is not None else numpy.zeros(dense.weight.shape[0], dtype) for dense in hidden
     )
@@ -157,11 +155,12 @@ def tanh_mlp_derivatives(layers: list, x: Any, part: str, workers: int = 1) -> t
         b_out,
         y.reshape(batch),
         jac.reshape(batch, d),
-        hess.reshape(batch, d, d),
+        hess.reshape(-1, d, d),
+        diag.reshape(-1, d),
     )
     tile_work = d * min(batch, TILE) * max(w.shape[0] * w.shape[1] for w in ws)
     _run_tiles(_tanh_mlp, args, batch, workers, tile_work)
-    return y, jac, _hessian_part(hess, part)
+    return y, jac, _hessian_part(hess, diag, part)
 
 
 def _run_tiles(kernel: Any, args: tuple, batch: int, workers: int, tile_work: int) -> None:
@@ -174,18 +173,18 @@ def _run_tiles(kernel: Any, args: tuple, batch: int, workers: int, tile_work: in
         batching.run_shared(lambda: kernel(*args, TILE, counter), workers)
         return
     # OpenBLAS splits a product over its threads from M·N·K > 2¹⁸ on: on a tile that costs more
-    # than it gains (width 128, k = 4, 256 samples: 6.6 against 3.9 ms). A serial call gets the
-    # one-thread limit here too.
+    # than it gains. A serial call gets the one-thread limit here too.
     with batching.serial_blas() if tile_work > BLAS_THREADED_WORK else nullcontext():
         kernel(*args, TILE, counter)
 
 
-def _hessian_part(hess: Any, part: str) -> Any:
-    """``hess`` ``(B, 1, k, k)``, its diagonal or its trace, as ``part`` asks."""
+def _hessian_part(hess: Any, diag: Any, part: str) -> Any:
+    """The Hessian ``hess`` ``(B, 1, k, k)``, or its diagonal ``diag`` ``(B, 1, k)`` or trace
+    (its sum: as ``numpy.trace`` adds the diagonal), as ``part`` asks."""
     if part == "diag":
-        return numpy.ascontiguousarray(numpy.diagonal(hess, axis1=-2, axis2=-1))
+        return diag
     if part == "trace":
-        return numpy.trace(hess, axis1=-2, axis2=-1)
+        return numpy.sum(diag, axis=-1)
     return hess
 
 
@@ -235,7 +234,7 @@ if _HAVE_BLAS:
     # |r| ≤ ln2/2, is 2ⁿ expm1(r) + (2ⁿ - 1): expm1(r) by its Taylor series (degree 13 in
     # float64, 7 in float32: truncation below half an ulp). 2ⁿ is the float whose bits are
     # (n + exponent bias)·2^(mantissa bits), that integer formed in floating point, where it
-    # is exact (numba widens int32 sums to int64; float32's loop ran 8 % slower so). Within 2
+    # is exact (numba widens int32 sums to int64, which slows float32's loop). Within 2
     # ulp of the exact tanh (checked against mpmath in the tests); NaN, ±inf, ±0 and
     # subnormals as NumPy's. |x| is clamped where tanh rounds to ±1, which keeps n within the
     # normal exponents.
@@ -370,11 +369,20 @@ if _HAVE_BLAS:
                     h[b, i, j] = h[b, j, i]
 
     @_jit
-    def _tanh_mlp(x, seeds, biases, ws, wts, g_last, b_out, y, jac, hess, tile, counter):  # pragma: no cover
+    def keep_diagonal(h, diag, r0, nt):  # pragma: no cover - compiled
+        """``diag[r0 + b, i] = h[b, i, i]`` where the diagonal is kept (``diag`` not empty)."""
+        if diag.shape[0]:
+            for b in range(nt):
+                for i in range(h.shape[1]):
+                    diag[r0 + b, i] = h[b, i, i]
+
+    @_jit
+    def _tanh_mlp(x, seeds, biases, ws, wts, g_last, b_out, y, jac, hess, diag, tile, counter):  # pragma: no cover
         # x (B, k); seeds: the first weight's transpose (k, n_0); biases[l] (n_l,); ws[l-1] /
         # wts[l-1]: the weight (n_l, n_{l-1}) into hidden layer l and its transpose, both
         # C-contiguous; g_last: the output's gradient at the last tanh (n,); b_out: its bias;
         # counter (1,): the first sample not yet claimed by a thread running this on the batch.
+        # hess (B, k, k), or diag (B, k) where only the diagonal is kept (then hess is empty).
         # Per tile: values forward, adjoints back, tangents forward with the curvature.
         nl = len(biases)
         batch = x.shape[0]
@@ -395,6 +403,7 @@ if _HAVE_BLAS:
         cu = numpy.empty(size, dt)
         t = numpy.empty(k * size, dt)  # tangents at a layer's output, (k, T, n)
         u = numpy.empty(k * size, dt)  # tangents at its pre-activation
+        own = numpy.empty((tile if diag.shape[0] else 0, k, k), dt)  # a tile's Hessians: diag only
         s0 = seeds[0]
         s1 = seeds[k - 1]
         s00 = s0 * s0  # the first layer's u_i u_j, the same for every sample
@@ -440,7 +449,7 @@ if _HAVE_BLAS:
                     w = ws[l - 1]
                     m = w.shape[1]
                     numpy.dot(gzl[: nt * n].reshape((nt, n)), w, gp[: nt * m].reshape((nt, m)))
-            h = hess[r0 : r0 + nt]
+            h = own[:nt] if diag.shape[0] else hess[r0 : r0 + nt]
             h[:] = zero
             # Tangents forward, each layer's curvature Σ_r c_r u_ir u_jr added as it is known.
             # The first layer's tangents are the seeds (its weight's columns).
@@ -482,7 +491,7 @@ if _HAVE_BLAS:
                 gzl = gzs[l]
                 # k ≤ 2: two passes (the pushes, then the curvature, which only loads) instead of
                 # 2k + 2. Not one pass: stores to t0 and t1 beside four loads need more runtime
-                # alias checks than LLVM makes, and the loop stays scalar (2.5 ms slower).
+                # alias checks than LLVM makes, and the loop stays scalar.
                 if k <= 2:
                     u0 = u[: nt * n]
                     t0 = t[: nt * n]
@@ -516,3 +525,4 @@ if _HAVE_BLAS:
                     cb[q] = m2 * v * gzl[q]
                 push_tangents(u, dv, cb, t, cu, h, nt, n, False)
             jacobian_and_mirror(t, g_last, jac, r0, h, nt, n)
+            keep_diagonal(h, diag, r0, nt)

@@ -2,7 +2,7 @@
 
 hessQuik's network: ``dense d→n, φ, K × (x + h tanh(W x + b)), dense n→1`` with ``φ`` tanh or
 log-cosh. On small batches (hessQuik times batch 10) the engine's passes cost about a hundred
-array operations per call, each a few µs of overhead on arrays of a few hundred numbers; here
+array operations per call, each with its own overhead on arrays of a few hundred numbers; here
 one call runs the values forward, the adjoints back and the tangents forward, tile by tile
 as :mod:`.tanh_mlp` does (its tiles, counter and tanh), with the residual skips added in the
 loops.
@@ -15,7 +15,7 @@ as :func:`.forward.map_back`).
 Used only where it applies exactly (:func:`tanh_resnet_derivatives` returns ``None``
 otherwise): NumPy float32/float64 input and parameters of that dtype; the layers exactly
 ``Dense``, ``Tanh`` or ``LogCosh``, one or more ``Residual(Dense, Tanh(), h)`` of one width,
-``Dense`` to one output (or to several, then ``Sum``); at most :data:`hessarray._fused.MAX_K`
+``Dense`` to one output (or to several, then ``Sum``); at most :data:`hessarray.tuning.MAX_K`
 tangent directions; the fused kernels enabled and SciPy installed.
 """
 
@@ -110,7 +110,9 @@ def tanh_resnet_derivatives(layers: list, x: Any, part: str, workers: int = 1) -
         if inner._b is not None:
             bs[i] = inner._b
         hs[i] = block.h
-    g_last, b_out, y, jac, hess = tanh_mlp._outputs(out, total, batch, k, dtype)
+    kept = "full" if narrowed else part  # mapped back: from the whole (k, k) Hessian
+    g_last, b_out, y, jac, hess = tanh_mlp._outputs(out, total, batch, k, dtype, kept)
+    diag = tanh_mlp._diagonal(hess, kept, batch, k, dtype)
     args = (
         numpy.ascontiguousarray(x),
         w0t,
@@ -125,7 +127,8 @@ def tanh_resnet_derivatives(layers: list, x: Any, part: str, workers: int = 1) -
         b_out,
         y.reshape(batch),
         jac.reshape(batch, k),
-        hess.reshape(batch, k, k),
+        hess.reshape(-1, k, k),
+        diag.reshape(-1, k),
     )
     tanh_mlp._run_tiles(_tanh_resnet, args, batch, workers, k * min(batch, tanh_mlp.TILE) * n * n)
     if narrowed:  # back from the first layer's outputs to the input: J W₀, W₀ᵀ H W₀
@@ -133,22 +136,31 @@ def tanh_resnet_derivatives(layers: list, x: Any, part: str, workers: int = 1) -
         jac = (jac.reshape(batch, k) @ first.weight).reshape(batch, 1, d)
         found = map_back(numpy, hess, outer, part)
         return y, jac, symmetrize(numpy, found, owned=True) if part == "full" else found
-    return y, jac, tanh_mlp._hessian_part(hess, part)
+    return y, jac, tanh_mlp._hessian_part(hess, diag, part)
 
 
 if tanh_mlp._HAVE_BLAS:
     import math
 
-    from .tanh_mlp import _claim, _tanh_rows, first_layer, jacobian_and_mirror, push_seeds, push_tangents
+    from .tanh_mlp import (
+        _claim,
+        _tanh_rows,
+        first_layer,
+        jacobian_and_mirror,
+        keep_diagonal,
+        push_seeds,
+        push_tangents,
+    )
 
     @tanh_mlp._jit
     def _tanh_resnet(
-        x, w0t, b0, logcosh, seeds, ws, wts, bs, hs, g_last, b_out, y, jac, hess, tile, counter
+        x, w0t, b0, logcosh, seeds, ws, wts, bs, hs, g_last, b_out, y, jac, hess, diag, tile, counter
     ):  # pragma: no cover
         # x (B, d); w0t (d, n): the first weight's transpose; seeds (k, n): the tangents at the
         # first layer's output, the same for every sample; ws / wts (K, n, n): the blocks'
         # weights and their transposes; bs (K, n), hs (K,): their biases and steps; g_last (n,):
-        # the output's gradient; counter (1,): the first sample no thread has claimed.
+        # the output's gradient; hess (B, k, k), or diag (B, k) where only the diagonal is kept
+        # (then hess is empty); counter (1,): the first sample no thread has claimed.
         nb = ws.shape[0]
         n = w0t.shape[1]
         k = seeds.shape[0]
@@ -169,6 +181,7 @@ if tanh_mlp._HAVE_BLAS:
         u = numpy.empty(k * size, dt)  # at its pre-activation
         cb = numpy.empty(size, dt)
         cu = numpy.empty(size, dt)
+        own = numpy.empty((tile if diag.shape[0] else 0, k, k), dt)  # a tile's Hessians: diag only
         while True:
             r0 = _claim(counter, tile)
             if r0 >= x.shape[0]:
@@ -228,7 +241,7 @@ if tanh_mlp._HAVE_BLAS:
                 numpy.dot(gz.reshape((nt, n)), ws[i], gp[:q_n].reshape((nt, n)))
                 for q in range(q_n):
                     g[q] += gp[q]
-            hb = hess[r0 : r0 + nt]
+            hb = own[:nt] if diag.shape[0] else hess[r0 : r0 + nt]
             hb[:] = zero
             # Tangents forward from the seeds; the first activation's curvature is g φ'' on the
             # seeds, a block's -2 tanh · (h g φ') on its pre-activation's tangents.
@@ -246,3 +259,4 @@ if tanh_mlp._HAVE_BLAS:
                     d1_0[q] = h * (one - v * v)  # (the first activation's φ' is no longer needed)
                 push_tangents(u, d1_0, cb, t, cu, hb, nt, n, True)
             jacobian_and_mirror(t, g_last, jac, r0, hb, nt, n)
+            keep_diagonal(hb, diag, r0, nt)

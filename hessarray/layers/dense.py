@@ -9,6 +9,7 @@ from typing import Any
 import numpy
 
 from .._backend import array_namespace, device, is_array_api_obj, is_lazy, matmul_last
+from ..tuning import CONTIGUOUS_WEIGHT_SIZE
 from .base import Array, Layer, rebuilt
 
 
@@ -18,10 +19,11 @@ def cast_like(xp: Any, a: Array, x: Array) -> Array:
 
 
 def numpy_transposed(w: Any) -> Any:
-    """``Wᵀ`` of a NumPy weight for the products of a call: a small one is copied contiguous,
-    since OpenBLAS multiplies by a contiguous one faster (160×16 @ 16×16: 6.6 against 10.4 µs
-    here; no difference at 64×64); a large one stays a view (no copy per call)."""
-    return numpy.ascontiguousarray(w.T) if w.size <= 1024 else w.T
+    """``Wᵀ`` of a NumPy weight for the products of a call: a small one
+    (:data:`~hessarray.tuning.CONTIGUOUS_WEIGHT_SIZE`) is copied contiguous, since OpenBLAS
+    multiplies small matrices faster by a contiguous one; a large one stays a view (no copy
+    per call)."""
+    return numpy.ascontiguousarray(w.T) if w.size <= CONTIGUOUS_WEIGHT_SIZE else w.T
 
 
 class Dense(Layer):
