@@ -960,16 +960,14 @@ def gemm_floor(spec: Spec, batch: int, dtype: Any, repeats: int = 20) -> dict:
     """Time of the plan's FLOPs at the best one-thread rate of its own layer GEMMs, on all cores.
 
     Per dense layer and block the forward mode multiplies ``chunk`` value rows, ``chunk · k``
-    tangent rows and ``chunk`` adjoint rows by a ``w × w`` matrix (a tanh MLP on NumPy: ``TILE``
-    and ``TILE · k`` rows, per tile); the fastest of those row counts, and of all of them
+    tangent rows and ``chunk`` adjoint rows by a ``w × w`` matrix (the compiled executor: its
+    ``plan.tile`` rows instead of ``chunk``); the fastest of those row counts, and of all of them
     stacked, gives the rate (the reverse mode: ``chunk · w`` rows).
     """
-    from hessarray.tuning import TILE
-
     model = ha_model(spec, dtype)
     plan = ha.plan(model, np.zeros((batch, spec.d), dtype=dtype))
-    w, c = spec.width, plan.chunk_size
-    shapes = [c, c * spec.d, c * (2 + spec.d), TILE, TILE * spec.d] if plan.mode == "forward" else [c * w, c * (2 + w)]
+    w, c = spec.width, plan.tile or plan.chunk_size  # a compiled executor multiplies per tile
+    shapes = [c, c * spec.d, c * (2 + spec.d)] if plan.mode == "forward" else [c * w, c * (2 + w)]
     rng = np.random.default_rng(0)
     b = rng.standard_normal((w, w)).astype(dtype)
     best = (0.0, 0)

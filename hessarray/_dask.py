@@ -407,8 +407,4 @@ def _rebuild(tree: Any, values: dict, path: tuple = ()) -> Any:
 
 
 def _tree_map(fn: Callable, tree: Any) -> Any:
-    if isinstance(tree, dict):
-        return {key: _tree_map(fn, value) for key, value in tree.items()}
-    if isinstance(tree, tuple | list):
-        return type(tree)(_tree_map(fn, value) for value in tree)
-    return fn(tree)
+    return _rebuild(tree, {path: fn(leaf) for path, leaf in _leaves(tree)})

@@ -56,7 +56,7 @@ def _compute(model, x, wrt, mode, per_sample, chunk_size, hessian, max_memory, p
     scalar = model.scalar_output
     if wrt is None:
         p = _input_plan(model, x2, xp, chunk_size, max_memory, mode=mode, hessian=hessian, executor="auto")
-        with progress_bar(progress, _count(p, x2)) as bar:
+        with progress_bar(progress, p.blocks(x2.shape[0])) as bar:
             out = input_derivatives(model.layers, x2, xp, p, hessian, bar)
         keep_batch = True
     else:
@@ -83,17 +83,12 @@ def _input_plan(model, x2, xp, chunk_size, max_memory, **settings) -> Plan:
     return make_plan(model.layers, b, d, x2, xp, chunk_size=chunk_size, max_memory=max_memory, **settings)
 
 
-def _count(p: Plan, x2) -> int:
-    """Blocks (or compiled calls) the plan runs ``x2`` in: the progress bar's length."""
-    return -(-x2.shape[0] // p.chunk_size)
-
-
 def _hessian_part(model, x, part, chunk_size, max_memory, progress) -> Array:
     model = _check_model(model)
     check_progress(progress)
     xp, x2, single = model.prepare(x)
     p = _input_plan(model, x2, xp, chunk_size, max_memory, mode="forward", part=part, executor="auto")
-    with progress_bar(progress, _count(p, x2)) as bar:
+    with progress_bar(progress, p.blocks(x2.shape[0])) as bar:
         _, found = engine.input_hessian_part(model.layers, x2, xp, p, part, bar)
     return _per_sample((found,), model.scalar_output, single)[0]
 
@@ -414,7 +409,7 @@ def hvp(
         v3 = v3[None, ...]
     v3 = xp.permute_dims(xp.astype(v3, x2.dtype, copy=False), (0, 2, 1))  # (B, k, d): directions as rows
     p = _input_plan(model, x2, xp, chunk_size, max_memory, mode="forward", part="hvp", directions=v3.shape[1])
-    with progress_bar(progress, _count(p, x2)) as bar:
+    with progress_bar(progress, p.blocks(x2.shape[0])) as bar:
         run = lambda layers, xb, vb: engine.curvature.hvp(layers, xb, vb)  # noqa: E731
         _, hv = map_blocks(run, model.layers, x2, p, ("cat", "cat"), xp, v3, progress=bar)
     hv = xp.permute_dims(hv, (0, 1, 3, 2))  # (B, m, d, k)

@@ -128,7 +128,7 @@ def _blocks(model, x, blocks, flat, per_sample, chunk_size, max_bytes, ggn, max_
         jobs.append((run, [(f"{owner}.{a}", f"{owner}.{b}") for a, b in local]))
     out: dict[tuple[str, str], Array] = {}
     how = "cat" if per_sample else "sum"
-    with progress_bar(progress, len(jobs) * -(-x2.shape[0] // plan.chunk_size)) as bar:
+    with progress_bar(progress, len(jobs) * plan.blocks(x2.shape[0])) as bar:
         found = [map_blocks(run, model.layers, x2, plan, (how,) * len(keys), xp, progress=bar) for run, keys in jobs]
     for (_, job_keys), values in zip(jobs, found):
         for key, value in zip(job_keys, values):
@@ -150,7 +150,7 @@ def _full_matrix(model, x2, xp, chunk_size, ggn, max_memory, progress) -> Array:
     block = max(1, min(total, FULL_MATRIX_COLUMNS))
     plan = _products_plan(model, x2, xp, block, chunk_size, max_memory)
     rows = []
-    with progress_bar(progress, -(-total // block) * -(-x2.shape[0] // plan.chunk_size)) as bar:
+    with progress_bar(progress, -(-total // block) * plan.blocks(x2.shape[0])) as bar:
         for start in range(0, total, block):
             stop = min(start + block, total)
             v = _unflatten(model, eye[start:stop, :], xp)
@@ -404,7 +404,7 @@ class ParameterOperator:
 
     def _run(self, dirs: dict[str, Array], k: int) -> dict[str, Array]:
         plan = self._plan(k)
-        with progress_bar(self.progress, -(-self.x.shape[0] // plan.chunk_size)) as bar:
+        with progress_bar(self.progress, plan.blocks(self.x.shape[0])) as bar:
             return _products(self.model, self.x, self.xp, dirs, plan, self.ggn, bar)
 
     def _apply(self, v: Any) -> Any:

@@ -108,7 +108,10 @@ def test_every_function_chunked_equals_unchunked(monkeypatch):
 def test_compiled_path_chunked_equals_unchunked():
     model, x = tanh_mlp(), RNG.standard_normal((3000, 8))
     small = 3 << 20
-    assert ha.plan(model, x).fused and ha.plan(model, x, max_memory=small).fused
+    assert (
+        ha.plan(model, x).executor == "numpy-compiled"
+        and ha.plan(model, x, max_memory=small).executor == "numpy-compiled"
+    )
     for fn in (ha.laplacian, ha.hessian_diagonal, ha.derivatives):
         same(fn(model, x, max_memory=small), fn(model, x))
 
@@ -162,11 +165,11 @@ def test_plan_reports_the_compiled_chunk(monkeypatch):
     ha.hessian(model, x, max_memory=4 << 20)
     assert sizes == [20000], "the full Hessian is written into the output: no chunks"
     planned = ha.plan(model, x, max_memory=4 << 20)
-    assert planned.fused and planned.chunk_size == 20000
+    assert planned.executor == "numpy-compiled" and planned.chunk_size == 20000
     sizes.clear()
     ha.laplacian(model, x, max_memory=4 << 20)
     part = ha.plan(model, x, max_memory=4 << 20, part="trace")
-    assert part.fused and 1 < len(sizes) and set(sizes[:-1]) == {part.chunk_size}
+    assert part.executor == "numpy-compiled" and 1 < len(sizes) and set(sizes[:-1]) == {part.chunk_size}
 
 
 @pytest.mark.parametrize("part", ["full", "trace"])
@@ -176,7 +179,9 @@ def test_compiled_plan_fits_its_threads_to_the_budget(monkeypatch, part):
     monkeypatch.setenv("HESSARRAY_THREADS", "16")
     model, x = tanh_mlp(), RNG.standard_normal((600, 8))
     planned = ha.plan(model, x, max_memory=4 << 20, part=part)
-    assert planned.fused and 1 <= planned.workers < 16 and planned.working_set <= planned.max_memory
+    assert (
+        planned.executor == "numpy-compiled" and 1 <= planned.workers < 16 and planned.working_set <= planned.max_memory
+    )
     call = ha.hessian if part == "full" else ha.laplacian
     same(call(model, x, max_memory=4 << 20), call(model, x))
 
@@ -186,7 +191,7 @@ def test_compiled_path_gives_way_below_its_tile_buffers():
     model, x = tanh_mlp(), RNG.standard_normal((50, 8))
     for part, call in (("full", ha.hessian), ("trace", ha.laplacian)):
         planned = ha.plan(model, x, max_memory=400 << 10, part=part)
-        assert not planned.fused and planned.working_set <= planned.max_memory
+        assert planned.executor == "portable" and planned.working_set <= planned.max_memory
         same(call(model, x, max_memory=400 << 10), call(model, x), 1e-10)
 
 

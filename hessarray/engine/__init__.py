@@ -80,7 +80,7 @@ def param_derivatives(
     memory = _param_memory(layers, x, index, name, width, hessian, per_sample)
     plan = make_plan(tail, x.shape[0], width, x, xp, hessian=hessian, **memory, **plan_args)
     how = "cat" if per_sample else "sum"
-    with progress_bar(progress, -(-x.shape[0] // plan.chunk_size)) as bar:
+    with progress_bar(progress, plan.blocks(x.shape[0])) as bar:
         return map_blocks(
             lambda block, xb: parameter_derivatives(block, xb, index, name, plan.mode, hessian, per_sample),
             layers,

@@ -26,7 +26,7 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 from ..layers.base import Layer
-from . import batching, curvature, tanh_mlp, tanh_resnet
+from . import curvature, tanh_mlp, tanh_resnet
 from .batching import map_blocks
 from .forward import forward_mode
 from .reverse import reverse_mode
@@ -157,23 +157,16 @@ class NumpyCompiled:
         return item * self.tile * widest * (2 * depth + 8 + 2 * k) + per_tile, per_sample
 
     def run(self, layers: list[Layer], x: Any, xp: Any, plan: Any, part: str, progress: Any = None) -> tuple:
-        if plan.chunk_size >= x.shape[0]:
-            batching.before_run(xp, x)
-            found = _whole_network(layers, x, part, plan.workers)
+        def run_chunk(block: list[Layer], xb: Any) -> tuple:
+            found = _whole_network(block, xb, part, plan.workers)
             if found is None:  # pragma: no cover - the plan checked that the path applies
                 raise RuntimeError("the compiled whole-network path no longer applies")
-            if progress is not None:
-                progress.update(1)
-        else:  # chunks one after another, each call sharing its tiles among the threads
+            return found
 
-            def run_chunk(block: list[Layer], xb: Any) -> tuple:
-                found = _whole_network(block, xb, part, plan.workers)
-                if found is None:  # pragma: no cover - the plan checked that the path applies
-                    raise RuntimeError("the compiled whole-network path no longer applies")
-                return found
-
-            one = replace(plan, workers=1)
-            found = map_blocks(run_chunk, layers, x, one, ("cat", "cat", "cat"), xp, progress=progress)
+        # Chunks one after another (one block in flight), each call sharing its tiles among
+        # the plan's threads.
+        one = replace(plan, workers=1)
+        found = map_blocks(run_chunk, layers, x, one, ("cat", "cat", "cat"), xp, progress=progress)
         return found if part == "full" else (found[0], found[2])
 
 

@@ -68,10 +68,9 @@ class Plan:
     executor: str = "portable"
     tile: int | None = None
 
-    @property
-    def fused(self) -> bool:
-        """Whether a compiled executor runs (``executor != "portable"``)."""
-        return self.executor != "portable"
+    def blocks(self, batch: int) -> int:
+        """Blocks (or compiled calls) ``batch`` samples run in: a progress bar's length."""
+        return -(-batch // self.chunk_size)
 
 
 def pick_mode(flops: dict[str, float]) -> str:
@@ -221,7 +220,7 @@ def _make_plan(
     for candidate in executors.REGISTRY.values() if executor == "auto" else (executors.REGISTRY[executor],):
         if candidate.tile is not None and candidate.applies(layers, x, asked, mode):
             sizes = (batch, d, item, asked, chunk_size, max_memory, limit, flops, workers)
-            planned = _fused_plan(candidate, layers, *sizes)
+            planned = _tiled_plan(candidate, layers, *sizes)
             if planned is not None:
                 return planned
     # The portable executor, block by block.
@@ -257,7 +256,7 @@ def _make_plan(
     return Plan(mode, chunk, flops, workers, limit, in_flight * (per_block + chunk * per_sample), portable.name)
 
 
-def _fused_plan(
+def _tiled_plan(
     executor: Any, layers, batch, d, item, part, chunk_size, max_memory, limit, flops, workers
 ) -> Plan | None:
     """The plan of an executor that runs tiles of its own (NumPy's compiled whole-network

@@ -97,10 +97,10 @@ def _outputs(out: Dense, total: bool, batch: int, k: int, dtype: Any, part: str 
     return g_last, b_out, y, numpy.empty((batch, 1, k), dtype), numpy.empty((rows, 1, k, k), dtype)
 
 
-def _diagonal(hess: Any, part: str, batch: int, k: int, dtype: Any) -> Any:
+def _diagonal(part: str, batch: int, k: int, dtype: Any) -> Any:
     """The ``(B, 1, k)`` array the kernels write the Hessians' diagonals into, tile by tile,
-    where ``part`` is ``"diag"`` or ``"trace"`` (then ``hess`` is empty); an empty one for the
-    full Hessian."""
+    where ``part`` is ``"diag"`` or ``"trace"`` (then the Hessian array is empty); an empty one
+    for the full Hessian."""
     return numpy.empty((0 if part == "full" else batch, 1, k), dtype)
 
 
@@ -136,7 +136,7 @@ def tanh_mlp_derivatives(layers: list, x: Any, part: str, workers: int = 1) -> t
     hidden, out, total = matched  # total: several outputs, then Sum
     dtype = x.dtype
     g_last, b_out, y, jac, hess = _outputs(out, total, batch, d, dtype, part)
-    diag = _diagonal(hess, part, batch, d, dtype)
+    diag = _diagonal(part, batch, d, dtype)
     biases = tuple(
         _c_array(dense._b) if dense._b is not None else numpy.zeros(dense.weight.shape[0], dtype) for dense in hidden
     )

@@ -112,7 +112,7 @@ def tanh_resnet_derivatives(layers: list, x: Any, part: str, workers: int = 1) -
         hs[i] = block.h
     kept = "full" if narrowed else part  # mapped back: from the whole (k, k) Hessian
     g_last, b_out, y, jac, hess = tanh_mlp._outputs(out, total, batch, k, dtype, kept)
-    diag = tanh_mlp._diagonal(hess, kept, batch, k, dtype)
+    diag = tanh_mlp._diagonal(kept, batch, k, dtype)
     args = (
         numpy.ascontiguousarray(x),
         w0t,
