@@ -9,28 +9,23 @@ from __future__ import annotations
 from typing import Any
 
 import array_api_compat
-import numpy
 from array_api_compat import device, is_array_api_obj
 
-from . import _fused
+from . import _delegation
 
 _NAMESPACES: dict[type, Any] = {}
-# NumPy >= 2.1 implements the 2023.12 standard in its main namespace: using it directly
-# skips array-api-compat's wrappers, which cost more than the work for small blocks.
-_NUMPY_NATIVE = getattr(numpy, "__array_api_version__", "") >= "2023.12"
 
 
 def array_namespace(*arrays: Any) -> Any:
     """``array_api_compat.array_namespace``, cached by array type (it depends on the type
-    only); NumPy arrays get ``numpy`` itself where it implements the standard."""
+    only); a backend may give its own main namespace where it implements the standard
+    (:func:`hessarray._delegation.native_namespace`)."""
     if len(arrays) != 1:
         return array_api_compat.array_namespace(*arrays)
     kind = type(arrays[0])
     xp = _NAMESPACES.get(kind)
     if xp is None:
-        xp = array_api_compat.array_namespace(arrays[0])
-        if _NUMPY_NATIVE and array_api_compat.is_numpy_namespace(xp):
-            xp = numpy
+        xp = _delegation.native_namespace(array_api_compat.array_namespace(arrays[0]))
         _NAMESPACES[kind] = xp
     return xp
 
@@ -119,7 +114,8 @@ def matmul_last(xp: Any, a: Any, w_t: Any) -> Any:
 
     ``a`` of shape ``(..., n)`` and ``w_t`` of shape ``(n, m)`` give ``(..., m)``. The leading
     axes are folded into the row count so that NumPy calls BLAS once instead of once per
-    leading index (a 3-D @ 2-D matmul loops over the batch in NumPy).
+    leading index (a 3-D @ 2-D matmul loops over the batch in NumPy); NumPy's product is
+    made by the array's methods (:mod:`hessarray._delegation`).
     """
     if a.ndim == 2:
         return xp.matmul(a, w_t)
@@ -129,8 +125,9 @@ def matmul_last(xp: Any, a: Any, w_t: Any) -> Any:
         rows *= s
     if rows == 0:  # an empty batch (Dask cannot reshape empty arrays)
         return xp.zeros((*lead, w_t.shape[-1]), dtype=a.dtype, device=device(a))
-    if xp is numpy:  # NumPy fast path: the methods skip np.reshape's dispatch (small blocks)
-        return (a.reshape(rows, a.shape[-1]) @ w_t).reshape(*lead, w_t.shape[-1])
+    fast = _delegation.matmul_rows(xp, a, rows, w_t)
+    if fast is not None:
+        return fast
     out = xp.matmul(xp.reshape(a, (rows, a.shape[-1])), w_t)
     return xp.reshape(out, (*lead, w_t.shape[-1]))
 
@@ -139,21 +136,15 @@ def repeat_view(xp: Any, a: Any, axis: int, count: int) -> Any:
     """``a`` repeated ``count`` times along a new axis ``axis``: a read-only view, no copy.
 
     ``xp.broadcast_to`` of ``xp.expand_dims``; on NumPy, for a C-contiguous ``a``, the view
-    is made directly (stride 0 on the new axis), a third of ``numpy.broadcast_to``'s cost,
-    which shows on small blocks.
+    is made directly (stride 0 on the new axis, :mod:`hessarray._delegation`), a third of
+    ``numpy.broadcast_to``'s cost, which shows on small blocks.
     """
+    view = _delegation.repeat_view(xp, a, axis, count)
+    if view is not None:
+        return view
     shape = list(a.shape)
     shape.insert(axis, count)
-    if type(a) is numpy.ndarray and a.flags.c_contiguous:
-        strides = list(a.strides)
-        strides.insert(axis, 0)
-        view = numpy.ndarray(shape, a.dtype, buffer=a, strides=strides)
-        view.flags.writeable = False
-        return view
     return xp.broadcast_to(xp.expand_dims(a, axis=axis), tuple(shape))
-
-
-_IDENTITIES: dict[tuple[int, Any], Any] = {}
 
 
 def identity(xp: Any, n: int, like: Any) -> Any:
@@ -163,15 +154,8 @@ def identity(xp: Any, n: int, like: Any) -> Any:
     microsecond or two per ``eye`` otherwise, several times per call); other libraries make
     a new one.
     """
-    if xp is numpy:
-        key = (n, like.dtype)
-        eye = _IDENTITIES.get(key)
-        if eye is None:
-            if len(_IDENTITIES) > 256:  # many sizes seen: start over rather than grow
-                _IDENTITIES.clear()
-            eye = numpy.eye(n, dtype=like.dtype)
-            eye.flags.writeable = False
-            _IDENTITIES[key] = eye
+    eye = _delegation.identity(xp, n, like)
+    if eye is not None:
         return eye
     return xp.eye(n, dtype=like.dtype, device=device(like))
 
@@ -189,11 +173,10 @@ def add_diagonal(xp: Any, a: Any, c: Any, *, owned: bool = False) -> Any:
     operations fewer than building the ``(..., n, n)`` diagonal matrix, which is most of
     the cost for small blocks). Other backends, and ``owned=False``, build it.
     """
-    n = c.shape[-1]
-    if owned and xp is numpy and a.flags.c_contiguous and a.shape[:-1] == c.shape:
-        flat = a.reshape(*a.shape[:-2], n * n)
-        flat[..., :: n + 1] += c
-        return a
+    if owned:
+        done = _delegation.add_diagonal(xp, a, c)
+        if done is not None:
+            return done
     return a + diag_embed(xp, c)
 
 
@@ -201,18 +184,13 @@ def symmetrize(xp: Any, h: Any, *, owned: bool = False) -> Any:
     """``(h + hᵀ) / 2`` over the last two axes: exactly symmetric Hessians.
 
     ``owned=True`` says that ``h`` is a temporary of the caller's that nobody else holds: on
-    NumPy it is then symmetrized in place by a fused loop (:mod:`hessarray._fused`), when
-    that applies; otherwise it runs on a copy (without numba: the transpose is added into
-    the copy).
+    NumPy it is then symmetrized in place by a compiled loop (:mod:`hessarray._delegation`),
+    when that applies; otherwise it runs on a copy (without numba: the transpose is added
+    into the copy).
     """
-    if xp is numpy:
-        if owned and _fused.symmetrize(h):
-            return h
-        out = h.copy()  # always a copy (for n = 1 a transposed view is h's own memory)
-        if not _fused.symmetrize(out):
-            out += numpy.swapaxes(h, -1, -2)
-            out *= 0.5
-        return out
+    fast = _delegation.symmetrize(xp, h, owned)
+    if fast is not None:
+        return fast
     return 0.5 * (h + xp.matrix_transpose(h))
 
 
@@ -223,9 +201,6 @@ def is_lazy(xp: Any) -> bool:
 
 def is_eager_cpu(xp: Any, x: Any) -> bool:
     """Whether ``x`` is computed eagerly on a CPU (NumPy, array-api-strict, torch CPU): there,
-    blocks of samples that fit in cache are faster than one large block."""
-    if xp is numpy or array_api_compat.is_numpy_namespace(xp) or "array_api_strict" in xp.__name__:
-        return True
-    if array_api_compat.is_torch_namespace(xp):
-        return x.device.type == "cpu"
-    return False
+    blocks of samples that fit in cache are faster than one large block (which backends:
+    :func:`hessarray._delegation.eager_cpu`)."""
+    return _delegation.eager_cpu(xp, x)

@@ -14,7 +14,6 @@ from typing import Any, NamedTuple
 from . import engine
 from ._dask import dask_aware
 from .engine import input_derivatives, make_plan, param_derivatives
-from .engine.batching import map_blocks
 from .engine.budget import check_progress, progress_bar
 from .engine.plan import Plan, check_mode
 from .model import Sequential
@@ -408,10 +407,11 @@ def hvp(
     if single:
         v3 = v3[None, ...]
     v3 = xp.permute_dims(xp.astype(v3, x2.dtype, copy=False), (0, 2, 1))  # (B, k, d): directions as rows
-    p = _input_plan(model, x2, xp, chunk_size, max_memory, mode="forward", part="hvp", directions=v3.shape[1])
+    p = _input_plan(
+        model, x2, xp, chunk_size, max_memory, mode="forward", part="hvp", directions=v3.shape[1], executor="auto"
+    )
     with progress_bar(progress, p.blocks(x2.shape[0])) as bar:
-        run = lambda layers, xb, vb: engine.curvature.hvp(layers, xb, vb)  # noqa: E731
-        _, hv = map_blocks(run, model.layers, x2, p, ("cat", "cat"), xp, v3, progress=bar)
+        _, hv = engine.executors.REGISTRY[p.executor].run(model.layers, x2, xp, p, "hvp", progress=bar, v=v3)
     hv = xp.permute_dims(hv, (0, 1, 3, 2))  # (B, m, d, k)
     if one:
         hv = hv[..., 0]

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import numpy
-
+from . import _delegation
 from ._backend import check_inputs, device, is_array_api_obj
 from ._transfer import move_arrays
 from .layers.base import Array, Layer
@@ -200,16 +199,15 @@ class Sequential:
     def prepare(self, x: Any) -> tuple[Any, Array, bool]:
         """Check ``x`` against the model; return ``(xp, x as (B, d), whether x was 1-D)``."""
         # The model's arrays never change, so one check per input type and device is enough.
-        kind = type(x)
-        if kind is numpy.ndarray:  # the dtype is part of the key: no dtype check per call
-            key = (kind, "cpu", x.dtype)
-        else:
-            key = (kind, str(device(x)) if is_array_api_obj(x) else None)
+        key = _delegation.input_key(x)  # NumPy: the dtype is part of the key, no dtype check per call
+        typed = key is not None
+        if not typed:
+            key = (type(x), str(device(x)) if is_array_api_obj(x) else None)
         xp = self._checked.get(key)
         if xp is None:
             xp = check_inputs(x, self.arrays())
             self._checked[key] = xp
-        elif kind is not numpy.ndarray and not xp.isdtype(x.dtype, "real floating"):
+        elif not typed and not xp.isdtype(x.dtype, "real floating"):
             check_inputs(x, [])  # raises the dtype error
         if x.ndim not in (1, 2):
             raise ValueError(f"x must have shape (batch, d) or (d,), got shape {tuple(x.shape)}")

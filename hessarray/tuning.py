@@ -9,7 +9,7 @@ The modules that use a constant import it when hessarray is imported (``from ..t
 TILE``), so assigning ``hessarray.tuning.TILE`` at run time changes nothing: edit this file to
 try another value, and re-run the benchmarks (``asv_bench/compare.py``) and the tests. Switches
 that turn a path on or off are not tuning constants and live with their code
-(``hessarray._fused.ENABLED``, ``hessarray._dask.SERIAL_TASKS``, the ``HESSARRAY_*`` environment
+(``hessarray._numpy.ENABLED``, ``hessarray._dask.SERIAL_TASKS``, the ``HESSARRAY_*`` environment
 variables).
 """
 
@@ -75,19 +75,28 @@ SPLIT_COLUMNS = 16
 #: with no copy per call.
 CONTIGUOUS_WEIGHT_SIZE = 1024
 
-# -- compiled NumPy loops (numba: _fused.py, engine/tanh_mlp.py, engine/tanh_resnet.py) ------------
+# -- compiled NumPy code (numba: _numpy/loops.py, _numpy/network.py) -------------------------------
 
 #: Most tangent directions whose forward-mode curvature is contracted in a fused loop
 #: (``k(k+1)/2`` dot products per sample); beyond it per-sample BLAS products win.
 MAX_K = 24
 
-#: Largest work (``batch · (k + 1) · n²`` multiply-adds) of a residual tanh block run as fused
-#: loops: fewer calls on small blocks against BLAS and NumPy's vectorized tanh on large ones.
-RESIDUAL_WORK = 1 << 16
+#: Most tangent directions whose curvature the compiled network kernel sums by loops
+#: (``k(k+1)/2`` dot products per sample); beyond it one BLAS product per sample wins.
+LOOP_K = 24
 
-#: Samples per tile of the compiled whole-network kernels: a tile's values, adjoints and
+#: Samples per tile of the compiled network kernel (the most): a tile's values, adjoints and
 #: tangents stay in a core's L2 cache, against more, smaller GEMMs.
 TILE = 64
+
+#: Bytes of a compiled tile's buffers (values, adjoints, tangents, φ', φ'' of every layer) the
+#: tile size is cut to, for many directions or wide layers: a tile that stays in a core's L2
+#: cache, against smaller GEMMs.
+TILE_BYTES = 3 << 19
+
+#: Fewest samples per compiled tile, whatever :data:`TILE_BYTES` allows: below it a GEMM's rows
+#: are too few for BLAS.
+MIN_TILE = 8
 
 #: Bytes of per-sample temporaries (the Jacobian; Hessians mapped back from narrowed seeds) one
 #: compiled call holds at most where only the Hessian's diagonal or trace is returned: calls of
@@ -99,7 +108,7 @@ REDUCED_BYTES = 16 << 20
 #: splitting a tile's product over threads costs more than it gains.
 BLAS_THREADED_WORK = 1 << 18
 
-# -- glibc's allocator on CPUs (_allocator.py) -----------------------------------------------------
+# -- glibc's allocator on CPUs (_numpy/allocator.py) ----------------------------------------------
 
 #: Arrays up to this size come from the heap, not from ``mmap``: freed temporaries are reused
 #: rather than faulted in again, against memory held by the process.

@@ -50,18 +50,19 @@ def xp(request) -> Backend:
 
 @pytest.fixture
 def portable(monkeypatch):
-    """Switch hessarray's fused NumPy kernels off for the duration of a block
-    (``with portable():``); on otherwise, as by default with numba installed."""
-    from hessarray import _fused
+    """Switch hessarray's compiled NumPy code (``hessarray._numpy.ENABLED``) off for the
+    duration of a block (``with portable():``); on otherwise, as by default with numba
+    installed."""
+    from hessarray import _numpy
 
     class Off:
         def __enter__(self):
-            monkeypatch.setattr(_fused, "ENABLED", False)
+            monkeypatch.setattr(_numpy, "ENABLED", False)
 
         def __exit__(self, *exc):
-            monkeypatch.setattr(_fused, "ENABLED", True)
+            monkeypatch.setattr(_numpy, "ENABLED", True)
 
-    monkeypatch.setattr(_fused, "ENABLED", True)
+    monkeypatch.setattr(_numpy, "ENABLED", True)
     return Off
 
 

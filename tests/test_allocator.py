@@ -1,4 +1,4 @@
-"""The glibc allocator setting made on the first CPU computation (hessarray/_allocator.py)."""
+"""The glibc allocator setting made on the first CPU computation (hessarray/_numpy/allocator.py)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
 SCRIPT = """
 import numpy as np, hessarray as ha
-from hessarray import _allocator
-assert not _allocator._done
+from hessarray._numpy import allocator
+assert not allocator._done
 ha.hessian(ha.Sequential(ha.Tanh(), ha.Sum()), np.ones((3, 2)))
-print(_allocator._done, _allocator._applied)
+print(allocator._done, allocator._applied)
 """
 
 
@@ -40,6 +40,6 @@ def test_environment_leaves_the_allocator_alone(value):
 
 @pytest.mark.skipif(not GLIBC, reason="mallopt is glibc's")
 def test_settings_are_accepted():
-    from hessarray import _allocator
+    from hessarray import _delegation
 
-    assert _allocator.keep_freed_memory() is True
+    assert _delegation.keep_freed_memory() is True

@@ -73,8 +73,9 @@ def test_balanced_chunk_splits_evenly_over_the_threads(batch, chunk, workers):
 
 
 def test_plan_is_remembered_and_follows_the_thread_setting(monkeypatch):
-    # (Softplus: a tanh MLP would run NumPy's compiled whole-network path, in tiles of its own)
-    model = ha.Sequential(ha.Dense(np.ones((8, 3))), ha.Softplus(), ha.Dense(np.ones((1, 8))), ha.Sum())
+    # (A user's activation: a built-in one would run NumPy's compiled executor, in tiles of its own)
+    square = ha.Elementwise(lambda z: z * z, lambda z: 2 * z, lambda z: 2.0 + 0 * z)
+    model = ha.Sequential(ha.Dense(np.ones((8, 3))), square, ha.Dense(np.ones((1, 8))), ha.Sum())
     x = np.ones((5000, 3))
     monkeypatch.setenv("HESSARRAY_THREADS", "2")
     first = ha.plan(model, x)

@@ -3,13 +3,11 @@
 A call is planned first (:func:`.plan.make_plan`, from shapes alone): the mode, the block
 sizes, and the executor that runs (:mod:`.executors`): the portable array-API passes
 (:mod:`.forward`, :mod:`.reverse`, :mod:`.curvature`, block by block), or, where they apply,
-NumPy's compiled whole-network kernels. :func:`input_derivatives` and
-:func:`input_hessian_part` run the executor the plan names (``ha.plan(model, x).executor``).
+NumPy's compiled network kernel (:mod:`hessarray._numpy.executor`). :func:`input_derivatives`
+and :func:`input_hessian_part` run the executor the plan names (``ha.plan(model, x).executor``).
 
-The engine talks to layers only through the contract of :mod:`hessarray.layers.base`, with
-two exceptions, the compiled NumPy kernels, which recognize layers by type and read their
-weights: :mod:`.tanh_mlp` (``Dense``, ``Tanh`` and ``Sum``) and :mod:`.tanh_resnet` (those,
-``LogCosh`` and ``Residual``).
+The engine talks to layers only through the contract of :mod:`hessarray.layers.base`; the
+compiled kernel too, through :meth:`~hessarray.layers.base.Layer.lower`.
 """
 
 from __future__ import annotations

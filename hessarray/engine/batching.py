@@ -19,7 +19,7 @@ from typing import Any
 
 import array_api_compat
 
-from .._allocator import keep_freed_memory
+from .. import _delegation
 from .._backend import device, is_eager_cpu
 from ..layers.base import Layer
 
@@ -150,9 +150,9 @@ def map_blocks(
 
 def before_run(xp: Any, x: Any) -> None:
     """Process settings a computation on a CPU needs, made when one first runs (never by
-    planning): glibc keeps freed memory for NumPy's temporaries (:mod:`hessarray._allocator`)."""
+    planning): glibc keeps freed memory for NumPy's temporaries (:mod:`hessarray._numpy.allocator`)."""
     if is_eager_cpu(xp, x):
-        keep_freed_memory()
+        _delegation.keep_freed_memory()
 
 
 def writes_in_place(xp: Any, like: Any) -> bool:

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy
-
+from .. import _delegation
 from .._backend import array_namespace, device, diag_embed, identity, matmul_last, repeat_view, symmetrize
 from ..layers.base import Contracted, Layer
 from ..layers.chain import adjoints, forward_chain
-from ..tuning import SMALL_K, SPLIT_COLUMNS, SPLIT_K
+from ..tuning import SMALL_K
 
 
 def identity_seed(xp: Any, batch: int, n: int, like: Any) -> Any:
@@ -35,7 +34,9 @@ def contract(xp: Any, factor: tuple, part: str) -> Any:
     ``i = j`` (``O(k r)``, no ``k²`` work); ``"trace"``: ``(B, m)``, the sum of the diagonal.
 
     Up to :data:`~hessarray.tuning.SMALL_K` directions the ``k²`` entries are dot products
-    taken in place (``vecdot``, broadcast), beyond it one small matrix product per sample.
+    taken in place (``vecdot``, broadcast), beyond it one small matrix product per sample
+    (NumPy, float32, many directions, one output: two products and a mirror,
+    :func:`hessarray._delegation.contract_symmetric`).
     """
     if isinstance(factor, Contracted):  # the layer contracted it itself (few directions)
         return contracted_part(xp, factor.term, part)
@@ -46,8 +47,9 @@ def contract(xp: Any, factor: tuple, part: str) -> Any:
         return xp.vecdot(xp.sum(left * right, axis=0)[:, None, :], c)
     if part == "diag":
         return xp.permute_dims(xp.vecdot((left * right)[:, :, None, :], c[None, ...]), (1, 2, 0))
-    if xp is numpy and left is right and m == 1 and k >= SPLIT_K and left.dtype == numpy.float32:
-        return _contract_split(left, c)
+    split = _delegation.contract_symmetric(xp, left, c, right)
+    if split is not None:
+        return split
     lc = left[:, :, None, :] * c[None, ...]  # (k, B, m, r)
     if k <= SMALL_K:
         term = xp.vecdot(lc[:, None, ...], right[None, :, :, None, :])  # (k, k, B, m)
@@ -55,27 +57,6 @@ def contract(xp: Any, factor: tuple, part: str) -> Any:
     # Per sample (m·k, r) @ (r, k) on sample-major views (NumPy copies them for BLAS itself).
     lc = xp.reshape(xp.permute_dims(lc, (1, 2, 0, 3)), (batch, m * k, r))
     return xp.reshape(xp.matmul(lc, xp.permute_dims(right, (1, 2, 0))), (batch, m, k, k))
-
-
-def _contract_split(t: Any, c: Any) -> Any:
-    """``contract`` of ``(t, c, t)`` for one output (``c`` ``(B, 1, r)``), ``(B, 1, k, k)``.
-
-    From :data:`~hessarray.tuning.SPLIT_K` directions (NumPy, float32) the symmetric term
-    ``tᵀ diag(c) t`` is formed as two per-sample products, the first ``SPLIT_COLUMNS`` columns
-    and the trailing block, and the rest mirrored: ``k·16 + (k-16)²`` instead of ``k²``
-    products per ``r``. In float64 OpenBLAS runs the narrower products slower and the split
-    does not pay.
-    """
-    k, batch, r = t.shape
-    k1 = SPLIT_COLUMNS
-    lc = numpy.empty((batch, k, r), t.dtype)
-    numpy.multiply(t.transpose(1, 0, 2), c, out=lc)  # sample-major t·c
-    right = t.transpose(1, 2, 0)  # (B, r, k) views
-    out = numpy.empty((batch, k, k), t.dtype)
-    numpy.matmul(lc, right[:, :, :k1], out=out[:, :, :k1])
-    numpy.matmul(lc[:, k1:], right[:, :, k1:], out=out[:, k1:, k1:])
-    out[:, :k1, k1:] = out[:, k1:, :k1].transpose(0, 2, 1)
-    return out.reshape(batch, 1, k, k)
 
 
 def contracted_part(xp: Any, term: Any, part: str) -> Any:
@@ -147,7 +128,7 @@ def forward_mode(layers: list[Layer], x: Any, hessian: bool, part: str = "full")
             if shared is None:
                 seeds = identity(xp, n, x)
             else:
-                seeds = numpy.ascontiguousarray(shared) if xp is numpy else shared  # NumPy: rows read often
+                seeds = _delegation.blas_operand(xp, shared)  # its rows are read often
             k = seeds.shape[0]
             t_in = repeat_view(xp, seeds, 1, batch)
             t, factors = step.layer.push(step.cache, t_in, g)
@@ -203,8 +184,7 @@ def map_back(xp: Any, h: Any, outer: Any, part: str) -> Any:
     Hessian (the second with ``S`` broadcast over the samples), one for the diagonal, and one
     ``(n, n)`` product for the trace."""
     s_t = xp.permute_dims(outer, (1, 0))
-    if xp is numpy:  # OpenBLAS multiplies small matrices faster by a contiguous operand
-        s_t = numpy.ascontiguousarray(s_t)
+    s_t = _delegation.blas_operand(xp, s_t)  # NumPy: a contiguous copy, for OpenBLAS
     if part == "trace":  # tr(S H Sᵀ) = Σ H ⊙ SᵀS (SᵀS is symmetric)
         return xp.sum(h * xp.matmul(s_t, outer), axis=(-2, -1))
     a = matmul_last(xp, h, s_t)  # (B, m, n, d): H Sᵀ

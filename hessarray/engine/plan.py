@@ -6,15 +6,11 @@ backend), never from array values, so it is the same under ``jax.jit`` and on Da
 
 from __future__ import annotations
 
-import os
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
-import array_api_compat
-import numpy
-
-from .. import _fused
+from .. import _delegation
 from .._backend import is_eager_cpu
 from ..layers.base import Layer
 from ..tuning import BLOCK_BYTES, MIN_BLOCK, MIN_SPLIT, REDUCED_BYTES, REVERSE_ADVANTAGE, WORKING_SET_QUARTERS
@@ -179,11 +175,12 @@ def make_plan(
     check_mode(mode)
     max_memory = budget.check_max_memory(max_memory)
     settings = (mode, chunk_size, hessian, part, directions, max_memory, block_bytes, sample_bytes, executor)
-    if type(x) is numpy.ndarray:
+    backend_key = _delegation.plan_key(x)
+    if backend_key is not None:
         # NumPy calls on small batches are call-bound: the plan is remembered per chain,
         # shape, dtype and settings (it depends on nothing else there: its default budget
         # is fixed).
-        key = (batch, d, x.dtype, *settings, _fused.ENABLED, os.environ.get("HESSARRAY_THREADS"))
+        key = (batch, d, *settings, *backend_key)
         return remembered(_PLANS, layers, key, lambda: _make_plan(layers, batch, d, x, xp, *settings))
     return _make_plan(layers, batch, d, x, xp, *settings)
 
@@ -212,14 +209,14 @@ def _make_plan(
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
     item = budget.itemsize(x)
     limit = max_memory if max_memory is not None else budget.default_budget(xp, x)
-    workers = default_workers() if array_api_compat.is_numpy_namespace(xp) or xp is numpy else 1
+    workers = default_workers() if _delegation.threaded_blocks(xp) else 1
     if executor != "auto" and executor not in executors.REGISTRY:
         raise ValueError(f"executor must be 'auto' or one of {tuple(executors.REGISTRY)}, got {executor!r}")
     asked = part if hessian else "jacobian"
     portable = executors.REGISTRY["portable"]
     for candidate in executors.REGISTRY.values() if executor == "auto" else (executors.REGISTRY[executor],):
         if candidate.tile is not None and candidate.applies(layers, x, asked, mode):
-            sizes = (batch, d, item, asked, chunk_size, max_memory, limit, flops, workers)
+            sizes = (batch, d, item, asked, chunk_size, max_memory, limit, flops, workers, directions)
             planned = _tiled_plan(candidate, layers, *sizes)
             if planned is not None:
                 return planned
@@ -257,7 +254,7 @@ def _make_plan(
 
 
 def _tiled_plan(
-    executor: Any, layers, batch, d, item, part, chunk_size, max_memory, limit, flops, workers
+    executor: Any, layers, batch, d, item, part, chunk_size, max_memory, limit, flops, workers, directions
 ) -> Plan | None:
     """The plan of an executor that runs tiles of its own (NumPy's compiled whole-network
     kernels): chunks of the batch run one after another, each call sharing its tiles among the
@@ -265,8 +262,8 @@ def _tiled_plan(
     explicit ``max_memory``. What a call holds besides its outputs: the executor's
     :meth:`~.executors.Executor.memory`.
     """
-    tile = executor.tile
-    per_thread, per_sample = executor.memory(layers, d, part, "forward", None, item)
+    tile = executor.tile_rows(layers, d, item)
+    per_thread, per_sample = executor.memory(layers, d, part, "forward", directions, item)
     chunk = max(batch, 1) if chunk_size is None else int(chunk_size)
     if limit is not None:
         if max_memory is not None and max_memory < per_thread + per_sample:

@@ -179,6 +179,13 @@ class Layer:
         """
         return {}
 
+    # -- compiled executors -----------------------------------------------------------------
+    def lower(self) -> tuple | None:
+        """This layer as steps of :mod:`hessarray.layers.lowered` (a tuple), for executors that
+        compile the whole network; ``None`` (the default) where it cannot be expressed by them,
+        and then the model runs on the portable executor."""
+        return None
+
     # -- planning -------------------------------------------------------------------------
     def flops(self, n_in: int, k: int, m: int) -> tuple[float, float]:
         """Multiply-adds per sample for (forward mode with ``k`` tangents, reverse mode).

@@ -8,22 +8,15 @@ from typing import Any
 
 import numpy
 
+from .. import _delegation
 from .._backend import array_namespace, device, is_array_api_obj, is_lazy, matmul_last
-from ..tuning import CONTIGUOUS_WEIGHT_SIZE
 from .base import Array, Layer, rebuilt
+from .lowered import Affine
 
 
 def cast_like(xp: Any, a: Array, x: Array) -> Array:
     """``a`` in the dtype of ``x`` (no copy when it already is)."""
     return a if a.dtype == x.dtype else xp.astype(a, x.dtype)
-
-
-def numpy_transposed(w: Any) -> Any:
-    """``Wᵀ`` of a NumPy weight for the products of a call: a small one
-    (:data:`~hessarray.tuning.CONTIGUOUS_WEIGHT_SIZE`) is copied contiguous, since OpenBLAS
-    multiplies small matrices faster by a contiguous one; a large one stays a view (no copy
-    per call)."""
-    return numpy.ascontiguousarray(w.T) if w.size <= CONTIGUOUS_WEIGHT_SIZE else w.T
 
 
 class Dense(Layer):
@@ -86,15 +79,10 @@ class Dense(Layer):
 
     # -- first order ----------------------------------------------------------------------
     def forward(self, x: Array) -> tuple[Array, Any]:
+        fast = _delegation.dense_forward(x, self.weight, self._b)  # NumPy: small blocks are call-bound
+        if fast is not None:
+            return fast
         w = self.weight
-        if type(x) is numpy.ndarray and type(w) is numpy.ndarray and w.dtype == x.dtype:
-            # NumPy fast path (small blocks are call-bound): the bias is added in place into
-            # the fresh product.
-            w_t = numpy_transposed(w)
-            y = x @ w_t
-            if self._b is not None:
-                y += self._b if self._b.dtype == y.dtype else self._b.astype(y.dtype)
-            return y, (x, w, w_t)
         xp = array_namespace(x)
         w = cast_like(xp, w, x)
         y = xp.matmul(x, w.T)
@@ -121,6 +109,9 @@ class Dense(Layer):
         # Wᵀ h W as two GEMMs over all samples: a = h W, then aᵀ W (= Wᵀ h W, h symmetric).
         a = matmul_last(xp, h, w)
         return matmul_last(xp, xp.permute_dims(a, (0, 1, 3, 2)), w)
+
+    def lower(self) -> tuple:
+        return (Affine(self.weight, self._b),)
 
     def flops(self, n_in: int, k: int, m: int) -> tuple[float, float]:
         o, i = self.weight.shape

@@ -11,17 +11,41 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from .. import _fused
+from .. import _delegation
 from .._backend import add_diagonal, array_namespace, diag_embed
 from .base import Array, Contracted, Layer, sample_major
+from .lowered import Pointwise
+
+#: Per class: whether its ``lowered_name`` names its ``derivatives`` (no subclass redefined them).
+_NAMED: dict[type, bool] = {}
 
 
 class Activation(Layer):
     """Base of elementwise layers: subclasses implement :meth:`derivatives`."""
 
+    #: The name compiled executors know this function by (:class:`~.lowered.Pointwise`), or
+    #: ``None``: a function only its Python :meth:`derivatives` computes.
+    lowered_name: str | None = None
+
     def derivatives(self, xp: Any, z: Array) -> tuple[Array, Array, Array]:
         """``(φ(z), φ'(z), φ''(z))`` for an array ``z``, elementwise."""
         raise NotImplementedError
+
+    def lowered_params(self) -> tuple[float, ...]:
+        """The constants of ``φ`` that :class:`~.lowered.Pointwise` carries (none by default)."""
+        return ()
+
+    def lower(self) -> tuple | None:
+        kind = type(self)
+        named = _NAMED.get(kind)
+        if named is None:  # (per class: the models of small batches are call-bound)
+            # A subclass that redefines derivatives() computes another function than its name says.
+            mro = kind.__mro__
+            at = next(i for i, cls in enumerate(mro) if "lowered_name" in cls.__dict__)
+            named = _NAMED[kind] = not any("derivatives" in cls.__dict__ for cls in mro[:at])
+        if self.lowered_name is None or not named:
+            return None
+        return (Pointwise(self.lowered_name, self.lowered_params(), self.has_curvature),)
 
     def forward(self, x: Array) -> tuple[Array, Any]:
         f, df, d2f = self.derivatives(array_namespace(x), x)
@@ -30,7 +54,7 @@ class Activation(Layer):
     def push(self, cache: Any, t: Array, g: Array | None = None) -> tuple[Array, list]:
         df, d2f = cache
         if g is not None and self.has_curvature:
-            fused = _fused.push_curvature(df, d2f, g, t)  # NumPy fast path, few directions
+            fused = _delegation.push_curvature(df, d2f, g, t)  # one compiled pass (NumPy, few directions)
             if fused is not None:
                 return fused[0], [Contracted(fused[1])]
         t_out = df * t  # (B, n) against (k, B, n): one flat pass per direction
@@ -67,17 +91,18 @@ def _sigmoid(xp: Any, z: Array) -> Array:
 class Tanh(Activation):
     """``tanh(z)``; ``φ' = 1 - φ²``, ``φ'' = -2 φ φ'``."""
 
+    lowered_name = "tanh"
+
     def derivatives(self, xp, z):
         f = xp.tanh(z)
-        fused = _fused.tanh_derivatives(f)  # NumPy fast path: one pass instead of four
-        if fused is not None:
-            return f, fused[0], fused[1]
         df = 1.0 - f * f
         return f, df, -2.0 * f * df
 
 
 class Sigmoid(Activation):
     """Logistic ``1 / (1 + e^{-z})``; ``φ' = φ(1-φ)``, ``φ'' = φ'(1-2φ)``."""
+
+    lowered_name = "sigmoid"
 
     def derivatives(self, xp, z):
         s = _sigmoid(xp, z)
@@ -93,6 +118,8 @@ class Softplus(Activation):
     beta : float, default 1
     """
 
+    lowered_name = "softplus"
+
     def __init__(self, beta: float = 1.0) -> None:
         if not beta > 0:
             raise ValueError(f"Softplus: beta must be positive, got {beta}")
@@ -104,6 +131,9 @@ class Softplus(Activation):
         f = (pos + xp.log1p(xp.exp(-xp.abs(bz)))) / self.beta
         s = _sigmoid(xp, bz)
         return f, s, self.beta * s * (1.0 - s)
+
+    def lowered_params(self):
+        return (self.beta,)
 
     def __repr__(self):
         return f"Softplus(beta={self.beta})"
@@ -117,6 +147,8 @@ class LeakyReLU(Activation):
     slope : float, default 0.01
     """
 
+    lowered_name = "leaky_relu"
+
     has_curvature = False
 
     def __init__(self, slope: float = 0.01) -> None:
@@ -127,6 +159,9 @@ class LeakyReLU(Activation):
         ones = xp.ones_like(z)
         df = xp.where(pos, ones, self.slope * ones)
         return z * df, df, xp.zeros_like(z)
+
+    def lowered_params(self):
+        return (self.slope,)
 
     def __repr__(self):
         return f"LeakyReLU(slope={self.slope})"
@@ -150,6 +185,8 @@ class ELU(Activation):
     alpha : float, default 1
     """
 
+    lowered_name = "elu"
+
     def __init__(self, alpha: float = 1.0) -> None:
         self.alpha = float(alpha)
 
@@ -161,12 +198,17 @@ class ELU(Activation):
         df = xp.where(pos, xp.ones_like(z), e)
         return f, df, xp.where(pos, zero, e)
 
+    def lowered_params(self):
+        return (self.alpha,)
+
     def __repr__(self):
         return f"ELU(alpha={self.alpha})"
 
 
 class SiLU(Activation):
     """``z σ(z)`` (swish); ``φ' = σ + zσ(1-σ)``, ``φ'' = σ(1-σ)(2 + z(1-2σ))``."""
+
+    lowered_name = "silu"
 
     def derivatives(self, xp, z):
         s = _sigmoid(xp, z)
@@ -176,6 +218,8 @@ class SiLU(Activation):
 
 class LogCosh(Activation):
     """``log(cosh z)`` evaluated as ``|z| + log1p(e^{-2|z|}) - log 2`` (stable)."""
+
+    lowered_name = "logcosh"
 
     def derivatives(self, xp, z):
         a = xp.abs(z)
@@ -187,6 +231,8 @@ class LogCosh(Activation):
 class Sin(Activation):
     """``sin z``."""
 
+    lowered_name = "sin"
+
     def derivatives(self, xp, z):
         s = xp.sin(z)
         return s, xp.cos(z), -s
@@ -194,6 +240,8 @@ class Sin(Activation):
 
 class Cos(Activation):
     """``cos z``."""
+
+    lowered_name = "cos"
 
     def derivatives(self, xp, z):
         c = xp.cos(z)
@@ -203,6 +251,8 @@ class Cos(Activation):
 class Exp(Activation):
     """``e^z``."""
 
+    lowered_name = "exp"
+
     def derivatives(self, xp, z):
         e = xp.exp(z)
         return e, e, e
@@ -210,6 +260,8 @@ class Exp(Activation):
 
 class Square(Activation):
     """``z²``."""
+
+    lowered_name = "square"
 
     def derivatives(self, xp, z):
         return z * z, 2.0 * z, 2.0 * xp.ones_like(z)
@@ -222,6 +274,8 @@ class Power(Activation):
     ----------
     p : float
     """
+
+    lowered_name = "power"
 
     def __init__(self, p: float) -> None:
         self.p = float(p)
@@ -244,12 +298,17 @@ class Power(Activation):
     def derivatives(self, xp, z):
         return self._term(xp, z, 0), self._term(xp, z, 1), self._term(xp, z, 2)
 
+    def lowered_params(self):
+        return (self.p,)
+
     def __repr__(self):
         return f"Power({self.p})"
 
 
 class Identity(Activation):
     """``z`` unchanged."""
+
+    lowered_name = "identity"
 
     has_curvature = False
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from .._backend import array_namespace, device, diag_embed, is_array_api_obj
 from .base import Array, Layer, rebuilt, sample_major
+from .lowered import SquaredError, Total
 
 
 class Reduction(Layer):
@@ -85,6 +86,9 @@ class Sum(Reduction):
     def evaluate(self, xp, x):
         return xp.sum(x, axis=1), xp.ones_like(x), None
 
+    def lower(self) -> tuple:
+        return (Total(),)
+
 
 class _Targeted(Reduction):
     """A loss holding per-sample targets, sliced with the batch."""
@@ -141,6 +145,9 @@ class MSELoss(_Targeted):
         r = x - xp.astype(self.target, x.dtype)
         n = x.shape[1]
         return xp.mean(r * r, axis=1), (2.0 / n) * r, 2.0 / n
+
+    def lower(self) -> tuple:
+        return (SquaredError(self.target),)
 
     def curvature(self, curv, t, c):
         xp = array_namespace(t)

@@ -5,11 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .. import _fused
 from .._backend import array_namespace
-from .base import Array, Contracted, Layer, rebuilt
+from .base import Array, Layer, rebuilt
 from .chain import (
-    Step,
     adjoints,
     forward_chain,
     pull_curvature_chain,
@@ -21,8 +19,7 @@ from .chain import (
     reverse_second,
     split_directions,
 )
-from .dense import Dense, numpy_transposed
-from .elementwise import Tanh
+from .lowered import Block
 
 
 class Residual(Layer):
@@ -57,10 +54,6 @@ class Residual(Layer):
         if self.in_width is not None:
             self.out_width(self.in_width)
         self.has_curvature = any(layer.has_curvature for layer in self.layers)
-        # x + h·tanh(W x + b) (hessQuik's block): on small NumPy blocks each pass runs as one
-        # fused loop, or one BLAS product and one loop (:mod:`hessarray._fused`), instead of
-        # about four NumPy operations.
-        self._tanh_block = len(self.layers) == 2 and type(self.layers[0]) is Dense and type(self.layers[1]) is Tanh
 
     def out_width(self, n_in: int) -> int:
         n = n_in
@@ -74,14 +67,6 @@ class Residual(Layer):
         return n_in
 
     def forward(self, x: Array) -> tuple[Array, Any]:
-        if self._tanh_block:
-            dense, tanh = self.layers
-            w = dense.weight
-            fused = _fused.residual_tanh_forward(x, w, dense._b, self.h)
-            if fused is not None:
-                z, f, df, d2f, y = fused
-                dense_cache = (x, w, numpy_transposed(w))  # what Dense.forward keeps
-                return y, (x, [Step(dense, dense_cache, z), Step(tanh, (df, d2f), f)], {})
         steps, u = forward_chain(self.layers, x)
         # The third item remembers, for this call only, what the last adjoint ``g`` pulled
         # back gave: the engine pulls an adjoint back (``pull``, ``pull_hessian``) and then
@@ -97,11 +82,6 @@ class Residual(Layer):
     def push(self, cache: Any, t: Array, g: Array | None = None) -> tuple[Array, list]:
         steps = cache[1]
         inner_g = None if g is None else self._inner_adjoints(cache, g)
-        if self._tanh_block and inner_g is not None:
-            df, d2f = steps[1].cache
-            fused = _fused.residual_tanh_push(t, steps[0].cache[2], df, d2f, inner_g[1], self.h)
-            if fused is not None:
-                return fused[0], [Contracted(fused[1])]
         tu, factors = push_chain(steps, t, inner_g)
         return t + self.h * tu, factors
 
@@ -109,13 +89,6 @@ class Residual(Layer):
         _, steps, memo = cache
         if memo.get("g") is g and "pulled" in memo:
             return memo["pulled"]
-        if self._tanh_block:
-            fused = _fused.residual_tanh_pull(g, steps[0].cache[1], steps[1].cache[0], self.h)
-            if fused is not None:
-                hg, gd, pulled = fused
-                memo.clear()
-                memo.update(g=g, inner=[gd, hg], pulled=pulled)
-                return pulled
         inner = adjoints(steps, self.h * g)
         first = steps[0]
         pulled = g + first.layer.pull(first.cache, inner[0])
@@ -167,6 +140,15 @@ class Residual(Layer):
         inner_g = [None] * len(steps) if g is None else self._inner_adjoints(cache, g)
         _, found = reverse_second(steps, inner_g, None if gd is None else self.h * gd, t_in, v_steps)
         return found
+
+    def lower(self) -> tuple | None:
+        body = []
+        for layer in self.layers:
+            steps = layer.lower()
+            if steps is None:
+                return None
+            body.extend(steps)
+        return (Block(self.h, tuple(body)),)
 
     def flops(self, n_in: int, k: int, m: int) -> tuple[float, float]:
         fwd, rev = (1 + k + m) * n_in, m * n_in * n_in

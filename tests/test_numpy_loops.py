@@ -1,8 +1,9 @@
-"""The fused NumPy kernels (numba) against the portable path they stand beside.
+"""NumPy's compiled generic loops (numba, ``hessarray/_numpy/loops.py``) and helpers
+(``hessarray/_numpy/arrays.py``) against the portable path they stand beside.
 
 The rest of the suite runs the NumPy backend with them on (the default when numba is
-installed); here each kernel is compared with the portable code directly, including where it
-must not apply, NaN and infinity, and whole models with the kernels switched off.
+installed); here each one is compared with the portable code directly, including where it
+must not apply, NaN and infinity, and whole models with the compiled code switched off.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 
 import hessarray as ha
-from hessarray import _fused, tuning
+from hessarray import _numpy, tuning
 from hessarray.engine.forward import contract
 from hessarray.layers.base import Contracted
 
@@ -79,24 +80,6 @@ def test_push_curvature_matches_portable(portable, name, k, m, dtype):
     np.testing.assert_array_equal(full, np.swapaxes(full, -1, -2))  # both halves written
 
 
-def test_tanh_derivatives_match_portable(portable):
-    z = np.linspace(-30, 30, 600).reshape(3, -1)
-    f, df, d2f = ha.Tanh().derivatives(np, z)
-    with portable():
-        f_p, df_p, d2f_p = ha.Tanh().derivatives(np, z)
-    np.testing.assert_array_equal(f, f_p)
-    # 1 - f² cancels for large |z|: a fused multiply-add may round it differently, so the
-    # comparison is absolute, against φ' ≤ 1 and |φ''| ≤ 0.77.
-    np.testing.assert_allclose(df, df_p, rtol=0, atol=4e-16)
-    np.testing.assert_allclose(d2f, d2f_p, rtol=0, atol=4e-16)
-    z32 = z.astype(np.float32)
-    assert all(a.dtype == np.float32 for a in ha.Tanh().derivatives(np, z32))
-    for shape in [(600,), (3, 4, 50)]:  # arrays that are not (B, n): as one row
-        got = _fused.tanh_derivatives(np.tanh(z).reshape(shape))
-        np.testing.assert_array_equal(got[0].reshape(df.shape), df)
-        np.testing.assert_array_equal(got[1].reshape(d2f.shape), d2f)
-
-
 def test_push_curvature_falls_back_where_it_does_not_apply(portable):
     layer = ha.Tanh()
     z, t, g = _operands(np.float64, tuning.MAX_K + 1, 1)
@@ -145,7 +128,7 @@ def _model(d, m):
         ha.Dense(rng.standard_normal((w, d)) / np.sqrt(d), rng.standard_normal(w)),
         ha.Tanh(),
         ha.Residual(ha.Dense(rng.standard_normal((w, w)) / np.sqrt(w)), ha.Sigmoid(), h=0.5),
-        # hessQuik's block, with and without a bias: the fused residual loops
+        # hessQuik's block, with and without a bias
         ha.Residual(ha.Dense(rng.standard_normal((w, w)) / np.sqrt(w), rng.standard_normal(w)), ha.Tanh(), h=0.7),
         ha.Residual(ha.Dense(rng.standard_normal((w, w)) / np.sqrt(w)), ha.Tanh(), h=0.5),
         ha.Dense(rng.standard_normal((w, w)) / np.sqrt(w), rng.standard_normal(w)),
@@ -177,84 +160,9 @@ def test_models_agree_with_and_without_the_kernels(portable, d, m, dtype):
             np.testing.assert_allclose(a, b, rtol=TOL[dtype] * 100, atol=TOL[dtype] * 100 * np.max(np.abs(b)))
 
 
-def _tanh_block(dtype, n, bias=True, h=0.7, seed=0):
-    rng = np.random.default_rng(seed)
-    b = rng.standard_normal(n).astype(dtype) if bias else None
-    return ha.Residual(ha.Dense((rng.standard_normal((n, n)) / np.sqrt(n)).astype(dtype), b), ha.Tanh(), h=h)
-
-
-@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
-@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
-@pytest.mark.parametrize("k,m", [(1, 1), (3, 1), (2, 3), (tuning.MAX_K, 1)])
-def test_residual_tanh_block_matches_portable(portable, k, m, bias, dtype):
-    """Each pass of ``x + h tanh(W x + b)`` (value, adjoints, tangents with curvature) as one
-    fused loop against the layers' own portable passes."""
-    n, batch = 5, 7
-    block = _tanh_block(dtype, n, bias)
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal((batch, n)).astype(dtype)
-    g = rng.standard_normal((batch, m, n)).astype(dtype)
-    t = rng.standard_normal((k, batch, n)).astype(dtype)
-    dense = block.layers[0]
-    assert _fused.residual_tanh_forward(x, dense.weight, dense._b, block.h) is not None, "the loops apply"
-    results = []
-    for off in (False, True):
-        if off:
-            ctx = portable()
-            ctx.__enter__()
-        y, cache = block.forward(x)
-        pulled = block.pull(cache, g)
-        t_out, factors = block.push(cache, t, g)
-        results.append((y, pulled, t_out, _terms(factors, "full"), cache))
-        if off:
-            ctx.__exit__(None, None, None)
-    (y, pulled, t_out, term, cache), (y_p, pulled_p, t_out_p, term_p, cache_p) = results
-    tol = dict(rtol=TOL[dtype], atol=TOL[dtype])
-    np.testing.assert_allclose(y, y_p, **tol)
-    np.testing.assert_allclose(pulled, pulled_p, **tol)
-    np.testing.assert_allclose(t_out, t_out_p, **tol)
-    np.testing.assert_allclose(term, term_p, **tol)
-    np.testing.assert_array_equal(term, np.swapaxes(term, -1, -2))
-    for step, step_p in zip(cache[1], cache_p[1]):  # what the other passes read: z, f, φ', φ''
-        np.testing.assert_allclose(step.y, step_p.y, **tol)
-    for a, b in zip(cache[1][1].cache, cache_p[1][1].cache):
-        np.testing.assert_allclose(a, b, **tol)
-    assert all(a.dtype == dtype for a in (y, pulled, t_out, term))
-
-
-def test_residual_tanh_block_falls_back_where_it_does_not_apply(portable):
-    n = 8
-    block = _tanh_block(np.float64, n)
-    w, b = block.layers[0].weight, block.layers[0]._b
-    big = np.zeros((tuning.RESIDUAL_WORK // n**2 + 1, n))
-    assert _fused.residual_tanh_forward(big, w, b, 0.5) is None, "big blocks: BLAS and NumPy's tanh"
-    assert _fused.residual_tanh_forward(big[:4], w, b, 0.5) is not None
-    assert _fused.residual_tanh_forward(big[:4].astype(np.float32), w, b, 0.5) is None, "mixed dtypes"
-    assert _fused.residual_tanh_forward(np.zeros((4, 2 * n))[:, ::2], w, b, 0.5) is None, "strided x"
-    x = np.random.default_rng(0).standard_normal((4, n))
-    g = np.ones((4, 1, n))
-    _, cache = block.forward(x)
-    df, d2f = cache[1][1].cache
-    t = np.ones((tuning.MAX_K + 1, 4, n))
-    w_t = np.ascontiguousarray(w.T)
-    assert _fused.residual_tanh_push(t, w_t, df, d2f, g, 0.5) is None, "too many directions"
-    assert _fused.residual_tanh_push(np.broadcast_to(t[:2, :1], (2, 4, n)), w_t, df, d2f, g, 0.5) is None
-    assert _fused.residual_tanh_push(t[:2], w.T, df, d2f, g, 0.5) is None, "a transposed view of W"
-    assert _fused.residual_tanh_push(t[:2], w_t, df, d2f, g, 0.5) is not None
-    assert _fused.residual_tanh_pull(np.ones((tuning.RESIDUAL_WORK // n**2 + 1, 1, n)), w, df, 0.5) is None
-    # Big and mixed blocks still give the layers' results (through the portable passes).
-    xb = np.random.default_rng(1).standard_normal(big.shape)
-    y, _ = block.forward(xb)
-    with portable():
-        y_p, _ = block.forward(xb)
-    np.testing.assert_array_equal(y, y_p)
-    with portable():
-        assert _fused.residual_tanh_forward(x, w, b, 0.5) is None, "switched off"
-
-
 @pytest.mark.parametrize("value,expected", [("0", False), ("off", False), ("1", True), ("", True)])
 def test_environment_switch(value, expected):
-    code = "import hessarray._fused as f; print(f.ENABLED)"
+    code = "import hessarray._numpy as f; print(f.ENABLED)"
     env = dict(os.environ, HESSARRAY_NUMBA=value)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == str(expected)
@@ -262,24 +170,20 @@ def test_environment_switch(value, expected):
 
 # The optional package blocked at import, and what must then hold in that process.
 WITHOUT = {
-    "numba": "assert _fused.numba is None and not _fused.ENABLED\n",
-    "scipy": (  # numba's np.dot needs SciPy: only the whole-network kernels go
-        "from hessarray.engine import tanh_mlp, tanh_resnet\n"
-        "assert _fused.ENABLED and not tanh_mlp._HAVE_BLAS\n"
-        "assert tanh_mlp.tanh_mlp_derivatives(m.layers, x, 'full') is None\n"
-        "assert not hasattr(tanh_resnet, '_tanh_resnet')\n"
-    ),
+    "numba": "assert _numpy.numba is None and not _numpy.ENABLED\n",
+    # numba's np.dot needs SciPy: only the whole-network kernels go, the generic loops stay.
+    "scipy": "assert _numpy.ENABLED and ha.plan(m, x).executor == 'portable'\n",
 }
 
 
 @pytest.mark.parametrize("blocked", list(WITHOUT))
 def test_without_optional_packages_the_portable_paths_run(blocked):
-    """numba and SciPy are optional: blocked at import, the kernels that need them are off
-    and the results are unchanged."""
+    """numba and SciPy are optional: blocked at import, the compiled code that needs them is
+    off and the results are unchanged."""
     code = (
         f"import sys; sys.modules[{blocked!r}] = None\n"
         "import numpy as np, hessarray as ha\n"
-        "from hessarray import _fused\n"
+        "from hessarray import _numpy\n"
         "rng = np.random.default_rng(0)\n"
         "w1, w2 = rng.standard_normal((6, 3)), rng.standard_normal((1, 6))\n"
         "m = ha.Sequential(ha.Dense(w1), ha.Tanh(), ha.Dense(w2), ha.Sum())\n"
@@ -338,3 +242,45 @@ def test_split_contraction_matches_one_product(k):
     other = rng.standard_normal(t.shape).astype(np.float32)
     want_lr = np.einsum("ibr,bor,jbr->boij", t, c, other)
     np.testing.assert_allclose(contract(np, (t, c, other), "full"), want_lr, rtol=1e-4, atol=1e-3)
+
+
+def test_delegation_serves_numpy_and_leaves_other_backends_to_the_portable_code():
+    """Each fast path of ``hessarray._delegation`` gives the portable result on NumPy, and
+    ``None`` (the caller's portable code runs) for another namespace."""
+    import array_api_strict as strict
+
+    from hessarray import _delegation
+    from hessarray._backend import add_diagonal, identity, repeat_view
+
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((3, 4))
+    view = repeat_view(np, a, 1, 5)
+    assert view.shape == (3, 5, 4) and np.shares_memory(view, a) and not view.flags.writeable
+    np.testing.assert_array_equal(view, np.broadcast_to(a[:, None, :], (3, 5, 4)))
+    strided = repeat_view(np, a[:, ::2], 0, 2)  # not contiguous: broadcast_to
+    np.testing.assert_array_equal(strided, np.broadcast_to(a[None, :, ::2], (2, 3, 2)))
+    eye = identity(np, 4, a.astype(np.float32))
+    assert eye is identity(np, 4, np.ones(1, np.float32)) and eye.dtype == np.float32 and not eye.flags.writeable
+    h, c = rng.standard_normal((2, 3, 4, 4)), rng.standard_normal((2, 3, 4))
+    want = h + c[..., :, None] * np.eye(4)
+    mine = h.copy()
+    assert add_diagonal(np, mine, c, owned=True) is mine, "an owned temporary: in place"
+    np.testing.assert_array_equal(mine, want)
+    kept = h.copy()
+    np.testing.assert_array_equal(add_diagonal(np, kept, c), want)
+    np.testing.assert_array_equal(kept, h)
+    dense = ha.Dense(rng.standard_normal((5, 4)), rng.standard_normal(5))
+    y, cache = dense.forward(a)
+    assert cache[2].flags.c_contiguous, "a small Wᵀ is copied contiguous"
+    np.testing.assert_allclose(y, a @ dense.weight.T + dense.bias, rtol=1e-14)
+
+    s = strict.asarray(a)
+    assert _delegation.repeat_view(strict, s, 0, 2) is None
+    assert _delegation.identity(strict, 3, s) is None
+    assert _delegation.dense_forward(s, strict.asarray(dense.weight), None) is None
+    assert _delegation.symmetrize(strict, strict.asarray(h), True) is None
+    assert _delegation.matmul_rows(strict, s, 3, strict.asarray(a.T)) is None
+    assert _delegation.blas_operand(strict, s) is s
+    assert _delegation.plan_key(s) is None and _delegation.input_key(s) is None
+    assert not _delegation.threaded_blocks(strict) and _delegation.threaded_blocks(np)
+    assert _delegation.plan_key(a)[:2] == (a.dtype, _numpy.ENABLED)

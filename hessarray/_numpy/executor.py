@@ -1,0 +1,120 @@
+"""The compiled NumPy executor: a whole lowered network per call (:mod:`.lowering`,
+:mod:`.network`), registered in :data:`hessarray.engine.executors.REGISTRY`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy
+
+from .. import _numpy
+from ..engine.batching import map_blocks
+from ..engine.plan import remembered
+from ..tuning import TILE
+from . import network
+from .lowering import Program, lower_network
+
+try:
+    from .pointwise import CODES
+except ImportError:  # pragma: no cover - without numba
+    CODES = {}
+
+_DTYPES = {4: numpy.dtype(numpy.float32), 8: numpy.dtype(numpy.float64)}
+
+
+def lowered(layers: list, x: Any) -> Program | None:
+    """The program of ``layers`` for ``x``, where the compiled executor computes them exactly:
+    NumPy float input of two axes and at least one sample, every layer lowered to steps the
+    kernel knows, its arrays NumPy's; else ``None``."""
+    if not (_numpy.ENABLED and network.HAVE_BLAS and type(x) is numpy.ndarray and x.ndim == 2):
+        return None
+    if x.dtype not in _numpy.FLOATS or x.shape[0] == 0:
+        return None
+    # Lowered once per chain, width and dtype (layers are immutable); each call takes the
+    # layers' arrays as they are now.
+    prog = remembered(_PROGRAMS, layers, (x.shape[1], x.dtype), lambda: lower_network(layers, x, CODES))
+    return None if prog is None else prog.with_arrays(layers)
+
+
+_PROGRAMS: dict = {}
+
+
+class NumpyCompiled:
+    """Every lowered network on NumPy: Dense, every built-in activation, residual blocks of
+    those, and the ends ``Sum`` and ``MSELoss`` (or the outputs themselves).
+
+    The plan's ``chunk_size`` is the samples per call (the whole batch unless the memory
+    budget, or :data:`hessarray.tuning.REDUCED_BYTES` for a diagonal or trace, splits it); each
+    call shares its tiles of ``plan.tile`` samples among ``plan.workers`` threads. For a
+    diagonal or trace only the diagonal is formed: no ``(B, d, d)`` array."""
+
+    name = "numpy-compiled"
+    tile = TILE
+
+    def applies(self, layers: list, x: Any, part: str, mode: str) -> bool:
+        if mode != "forward" or part not in ("full", "diag", "trace", "hvp"):
+            return False
+        return lowered(layers, x) is not None
+
+    def _program(self, layers: list, d: int, item: int) -> Program | None:
+        return lowered(layers, numpy.empty((1, d), _DTYPES[item]))
+
+    def tile_rows(self, layers: list, d: int, item: int) -> int:
+        """Samples per tile for this network (:func:`.network.tile_rows`)."""
+        prog = self._program(layers, d, item)
+        return TILE if prog is None else network.tile_rows(prog, item)
+
+    def memory(self, layers: list, d: int, part: str, mode: str, directions: int | None, item: int) -> tuple[int, int]:
+        """Each thread's tile buffers; per sample, the ``(k, k)`` Hessian where it is mapped back
+        from ``k`` narrowed seeds to ``d``, else the Jacobian and diagonal that the diagonal and
+        trace do not return (the value, Jacobian and full Hessian are written into the
+        outputs)."""
+        prog = self._program(layers, d, item)
+        if prog is None:
+            return 0, 0
+        m, k, tile = prog.outputs, prog.directions, network.tile_rows(prog, item)
+        per_sample = 0
+        if part == "hvp":  # the Jacobian, and the products in the narrowed space
+            per_sample = item * m * k * (1 + (directions or 1))
+        elif prog.outer is not None:
+            per_sample = item * m * (k * k + 2 * k * d + d * d)
+        elif part != "full":
+            per_sample = item * m * 2 * k
+        buffers = prog.width * (prog.slots * (1 + m + k) + prog.acts * (2 + m) + max(m, k) + k)
+        # A call's own copies: the weights' transposes and the seeds' pair products.
+        copies = 2 * sum(w.size for w in prog.weights) + prog.width * k * (k + 1) // 2
+        return item * (tile * buffers + k * k + tile * m * k * (k + 1) // 2 + copies), per_sample
+
+    def run(self, layers: list, x: Any, xp: Any, plan: Any, part: str, progress: Any = None, v: Any = None) -> tuple:
+        def run_chunk(block: list, xb: Any, vb: Any = None) -> tuple:
+            prog = lowered(block, xb)
+            if prog is None:  # pragma: no cover - the plan checked that the path applies
+                raise RuntimeError("the compiled executor no longer applies")
+            narrowed = prog.outer is not None
+            if part == "hvp":  # (B, p, d); narrowed: in the first layer's outputs, W₀ v, and back
+                vk = vb @ prog.outer.T if narrowed else vb
+                y, _, hv = network.run(prog, xb, "hvp", plan.workers, plan.tile, vk)
+                return y, hv @ prog.outer if narrowed else hv
+            y, jac, h = network.run(prog, xb, "full" if narrowed or part == "full" else "diag", plan.workers, plan.tile)
+            if narrowed:  # back from the first layer's outputs to the input: J W₀, W₀ᵀ H W₀
+                w0 = prog.outer
+                jac = jac @ w0
+                if part == "trace":
+                    h = numpy.sum(h * (w0 @ w0.T), axis=(-2, -1))
+                elif part == "diag":
+                    h = numpy.sum((h @ w0) * w0, axis=-2)
+                else:
+                    h = numpy.swapaxes(h @ w0, -1, -2) @ w0
+                    h = 0.5 * (h + numpy.swapaxes(h, -1, -2))
+            elif part == "trace":
+                h = numpy.sum(h, axis=-1)
+            return (y, jac, h) if part == "full" else (y, h)
+
+        # Chunks one after another (one block in flight), each call sharing its tiles among
+        # the plan's threads.
+        from dataclasses import replace
+
+        one = replace(plan, workers=1)
+        joins = ("cat", "cat", "cat") if part == "full" else ("cat", "cat")
+        extra = () if v is None else (v,)
+        return map_blocks(run_chunk, layers, x, one, joins, xp, *extra, progress=progress)

@@ -1,0 +1,744 @@
+"""The compiled forward mode of a whole lowered network on NumPy, tile by tile (numba).
+
+One call per thread runs the batch in tiles of samples, each call taking the next tile from
+a shared counter. Per tile, the program (:mod:`.lowering`) runs three times: values forward
+(each dense step one BLAS product, each pointwise step one loop that also keeps ``φ'`` and
+``φ''``), adjoints back from the output (one product per dense step, one loop per pointwise
+step that keeps its curvature weights ``c = g φ''``), and tangents forward, adding each
+pointwise step's curvature ``Σ_r c_r u_ir u_jr`` to the Hessian as its input tangents ``u``
+are known. A tile's buffers stay in the core's cache between a product and the loop that
+reads its result, where the portable passes make a pass over memory per operation.
+
+Tangents are direction-major, ``(k, tile, n)``, as in the portable passes: a dense step pushes
+all ``k·tile`` of them by one product, and ``φ'`` scales each direction in one flat pass.
+"""
+
+from __future__ import annotations
+
+import functools
+from contextlib import nullcontext
+from typing import Any
+
+import numpy
+
+from .. import tuning
+from ..engine import batching
+from . import numba
+from .lowering import (
+    ACC,
+    ACT,
+    ADD,
+    AFFINE,
+    BIAS,
+    CODE,
+    COPY,
+    CURVED,
+    DST,
+    LINEAR,
+    NIN,
+    NOUT,
+    OP,
+    POINTWISE,
+    SEED,
+    SEEDED,
+    SRC,
+    WEIGHT,
+    Program,
+    kernel_array,
+)
+
+# numba's ``np.dot`` needs SciPy's BLAS; loading it here, at import, also puts its OpenBLAS
+# under the thread limit that block-parallel runs set (threadpoolctl sees the libraries loaded
+# when its controller is made).
+HAVE_BLAS = False
+if numba is not None:
+    try:
+        import scipy.linalg.cython_blas  # noqa: F401
+
+        HAVE_BLAS = True
+    except ImportError:  # pragma: no cover - exercised in a subprocess by the tests
+        pass
+
+#: Parts the kernel computes: the full Hessian, its diagonal (the trace is its sum), or
+#: Hessian-vector products.
+FULL, DIAGONAL, HVP = 0, 1, 2
+
+
+def tile_rows(prog: Program, item: int) -> int:
+    """Samples per tile: :data:`~hessarray.tuning.TILE`, fewer where a tile's buffers would
+    outgrow :data:`~hessarray.tuning.TILE_BYTES` (many directions, wide layers)."""
+    per_sample = (
+        item * prog.width * (prog.slots * (1 + prog.outputs + prog.directions) + prog.acts * (2 + prog.outputs))
+    )
+    rows = tuning.TILE_BYTES // max(per_sample, 1)
+    return int(max(tuning.MIN_TILE, min(tuning.TILE, rows // 8 * 8)))
+
+
+def run(prog: Program, x: Any, part: str, workers: int, tile: int, v: Any = None) -> tuple[Any, Any, Any]:
+    """Value ``(B, m)``, Jacobian ``(B, m, k)`` and, as ``part`` says, the Hessian
+    ``(B, m, k, k)`` (``"full"``), its diagonal ``(B, m, k)`` (``"diag"``) or the products
+    ``H v`` ``(B, m, p, k)`` with ``v`` ``(B, p, k)`` (``"hvp"``), in the program's ``k``
+    directions, on up to ``workers`` threads."""
+    batch = x.shape[0]
+    dtype = x.dtype
+    m, k = prog.outputs, prog.directions
+    full = part == "full"
+    mode = {"full": FULL, "diag": DIAGONAL, "hvp": HVP}[part]
+    y = numpy.empty((batch, m), dtype)
+    jac = numpy.empty((batch, m, k), dtype)
+    if mode == HVP:
+        v = kernel_array(v, dtype)
+        hess = numpy.empty((batch, m, v.shape[1], k), dtype)
+    else:
+        v = numpy.zeros((0, 1, 1), dtype)
+        hess = numpy.empty((batch if full else 0, m, k, k), dtype)
+    diag = numpy.empty((batch if mode == DIAGONAL else 0, m, k), dtype)
+    pairs = _seed_pairs(prog, full)
+    args = (
+        kernel_array(x),
+        prog.ops,
+        prog.fparams,
+        tuple(prog.weights),
+        tuple(prog.transposed),
+        tuple(prog.biases),
+        tuple(prog.seeds),
+        pairs,
+        prog.g_last,
+        prog.b_out,
+        prog.target,
+        prog.end,
+        prog.final,
+        prog.final_width,
+        prog.slots,
+        prog.acts,
+        prog.width,
+        y,
+        jac,
+        hess,
+        diag,
+        v,
+        mode,
+    )
+    counter = numpy.zeros(1, numpy.int64)  # the first sample no thread has claimed
+    workers = min(workers, -(-batch // tile))
+    if workers > 1:  # each thread gets one BLAS thread
+        batching.run_shared(lambda: _network(*args, tile, counter), workers)
+    else:
+        # OpenBLAS splits a product over its threads from M·N·K > 2¹⁸ on: on a tile that costs
+        # more than it gains. A serial call gets the one-thread limit here too.
+        big = min(batch, tile) * max(k, prog.outputs) * prog.width * prog.width > tuning.BLAS_THREADED_WORK
+        with batching.serial_blas() if big else nullcontext():
+            _network(*args, tile, counter)
+    return y, jac, diag if mode == DIAGONAL else hess
+
+
+def _seed_pairs(prog: Program, full: bool) -> Any:
+    """``(P, n)``: for the pointwise step that reads shared seeds ``S`` ``(k, n)``, the products
+    ``S_ir S_jr`` of every pair ``i ≤ j`` (the diagonal's ``i = j`` only), so that its curvature
+    for a whole tile is one product ``c (n_tile·m, n) @ pairsᵀ``."""
+    seeded = prog.ops[:, SEEDED] == 1
+    if not seeded.any():
+        return numpy.zeros((1, 1), prog.g_last.dtype)
+    s = prog.seeds[int(prog.ops[seeded, WEIGHT][0])]
+    if not full:
+        return s * s
+    i, j = _upper(s.shape[0])
+    return s[i] * s[j]
+
+
+@functools.lru_cache(maxsize=64)
+def _upper(k: int) -> tuple[Any, Any]:
+    return numpy.triu_indices(k)
+
+
+if numba is not None and HAVE_BLAS:
+    from numba.core import types as nbtypes
+    from numba.extending import intrinsic
+
+    from ..tuning import LOOP_K
+    from .pointwise import pointwise_rows
+
+    # Reassociation vectorizes the sums (NaN and inf keep their IEEE behaviour).
+    _jit = numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
+
+    @intrinsic
+    def _claim(typingctx, counter, step):  # pragma: no cover - compiled
+        """``counter[0] += step`` as one atomic operation; the value before (the threads that
+        run the kernel on one batch take its tiles from one counter)."""
+        if not (isinstance(counter, nbtypes.Array) and counter.dtype == nbtypes.int64):
+            return None
+
+        def codegen(context, builder, signature, args):
+            data = context.make_array(signature.args[0])(context, builder, args[0]).data
+            step = context.cast(builder, args[1], signature.args[1], nbtypes.int64)
+            # "monotonic": only the counter is shared; the tiles' outputs are disjoint, and the
+            # threads are joined before they are read.
+            return builder.atomic_rmw("add", data, step, "monotonic")
+
+        return nbtypes.int64(counter, step), codegen
+
+    @_jit
+    def _pairs2(c, u0, u1):  # pragma: no cover - compiled
+        """``Σ c u0 u0``, ``Σ c u0 u1``, ``Σ c u1 u1`` in one pass (a function of its own: within
+        :func:`_curvature`'s many branches LLVM vectorizes this loop less well)."""
+        zero = c.dtype.type(0)
+        a00 = zero
+        a01 = zero
+        a11 = zero
+        for r in range(c.shape[0]):
+            cr = c[r]
+            w0 = u0[r]
+            w1 = u1[r]
+            c0 = cr * w0
+            a00 += c0 * w0
+            a01 += c0 * w1
+            a11 += cr * w1 * w1
+        return a00, a01, a11
+
+    @_jit
+    def _dot3(c, p0, p1, p2):  # pragma: no cover - compiled
+        """``Σ c p0``, ``Σ c p1``, ``Σ c p2`` in one pass."""
+        zero = c.dtype.type(0)
+        a0 = zero
+        a1 = zero
+        a2 = zero
+        for r in range(c.shape[0]):
+            cr = c[r]
+            a0 += cr * p0[r]
+            a1 += cr * p1[r]
+            a2 += cr * p2[r]
+        return a0, a1, a2
+
+    @_jit
+    def _scale2(d, s0, s1, t0, t1):  # pragma: no cover - compiled
+        """``t0 = d s0``, ``t1 = d s1`` in one pass."""
+        for r in range(d.shape[0]):
+            dr = d[r]
+            t0[r] = dr * s0[r]
+            t1[r] = dr * s1[r]
+
+    @_jit
+    def _curvature_hvp(u, c, hv, v, r0, nt, m, k, n, w):  # pragma: no cover - compiled
+        """Add ``Σ_r c[b, o, r] (Σ_j v[b, p, j] u[j, b, r]) u[i, b, r]`` to ``hv[b, o, p, i]``: the
+        curvature applied to each sample's vectors, ``2 p k n`` multiply-adds per sample and
+        output instead of the Hessian's ``k² n / 2``. ``w``: scratch of ``2 n``."""
+        zero = u.dtype.type(0)
+        stride = nt * n
+        wv = w[:n]
+        cw = w[n : 2 * n]
+        for b in range(nt):
+            for p in range(v.shape[1]):
+                vb = v[r0 + b, p]
+                for r in range(n):
+                    wv[r] = zero
+                for j in range(k):
+                    vj = vb[j]
+                    uj = u[j * stride + b * n : j * stride + (b + 1) * n]
+                    for r in range(n):
+                        wv[r] += vj * uj[r]
+                for o in range(m):
+                    cb = c[(b * m + o) * n : (b * m + o + 1) * n]
+                    for r in range(n):
+                        cw[r] = cb[r] * wv[r]
+                    hb = hv[r0 + b, o, p]
+                    for i in range(k):
+                        ui = u[i * stride + b * n : i * stride + (b + 1) * n]
+                        acc = zero
+                        for r in range(n):
+                            acc += cw[r] * ui[r]
+                        hb[i] += acc
+
+    @_jit
+    def _curvature(u, c, h, diag, r0, nt, m, k, n, full, hk, cu):  # pragma: no cover - compiled
+        """Add ``Σ_r c[b, o, r] u[b, i, r] u[b, j, r]`` to the tile's Hessians (``i ≤ j``), or
+        its ``i = j`` terms to their diagonals: for one to three directions every pair in one
+        pass, for more four rows per pass, beyond :data:`~hessarray.tuning.LOOP_K` one
+        ``(k, n) @ (n, k)`` BLAS product per sample. Tangents ``u`` direction-major,
+        ``(k, nt, n)``; ``cu``: scratch of ``3 k n``."""
+        zero = u.dtype.type(0)
+        stride = nt * n  # direction i of sample b: u[i·stride + b·n : … + n]
+        if full and k <= 2 and m == 1:  # the common case, PINN-like: no branches per sample
+            for b in range(nt):
+                u0 = u[b * n : (b + 1) * n]
+                u1 = u[(k - 1) * stride + b * n : (k - 1) * stride + (b + 1) * n]
+                a00, a01, a11 = _pairs2(c[b * n : (b + 1) * n], u0, u1)
+                hb = h[r0 + b, 0]
+                hb[0, 0] += a00
+                if k == 2:
+                    hb[0, 1] += a01
+                    hb[1, 1] += a11
+            return
+        ub = cu[k * n : 2 * k * n]  # a sample's rows, gathered where read more than once
+        for b in range(nt):
+            if full and k > 3:
+                for i in range(k):
+                    src = u[i * stride + b * n : i * stride + (b + 1) * n]
+                    dst = ub[i * n : (i + 1) * n]
+                    for r in range(n):
+                        dst[r] = src[r]
+            for o in range(m):
+                cb = c[(b * m + o) * n : (b * m + o + 1) * n]
+                if not full:
+                    db = diag[r0 + b, o]
+                    for i in range(k):
+                        ui = u[i * stride + b * n : i * stride + (b + 1) * n]
+                        acc = zero
+                        for r in range(n):
+                            acc += cb[r] * ui[r] * ui[r]
+                        db[i] += acc
+                    continue
+                hb = h[r0 + b, o]
+                if k <= 2:  # every pair in one pass (row 0 twice where k = 1)
+                    u0 = u[b * n : (b + 1) * n]
+                    u1 = u[(k - 1) * stride + b * n : (k - 1) * stride + (b + 1) * n]
+                    a00, a01, a11 = _pairs2(cb, u0, u1)
+                    hb[0, 0] += a00
+                    if k == 2:
+                        hb[0, 1] += a01
+                        hb[1, 1] += a11
+                    continue
+                if k == 3:  # every pair in one pass
+                    u0 = u[b * n : (b + 1) * n]
+                    u1 = u[stride + b * n : stride + (b + 1) * n]
+                    u2 = u[2 * stride + b * n : 2 * stride + (b + 1) * n]
+                    a00 = zero
+                    a01 = zero
+                    a02 = zero
+                    a11 = zero
+                    a12 = zero
+                    a22 = zero
+                    for r in range(n):
+                        cr = cb[r]
+                        w0 = u0[r]
+                        w1 = u1[r]
+                        w2 = u2[r]
+                        c0 = cr * w0
+                        c1 = cr * w1
+                        a00 += c0 * w0
+                        a01 += c0 * w1
+                        a02 += c0 * w2
+                        a11 += c1 * w1
+                        a12 += c1 * w2
+                        a22 += cr * w2 * w2
+                    hb[0, 0] += a00
+                    hb[0, 1] += a01
+                    hb[0, 2] += a02
+                    hb[1, 1] += a11
+                    hb[1, 2] += a12
+                    hb[2, 2] += a22
+                    continue
+                if k > LOOP_K:
+                    um = ub.reshape((k, n))
+                    cm = cu[2 * k * n : 3 * k * n].reshape((k, n))
+                    for i in range(k):
+                        ci = cm[i]
+                        ui = um[i]
+                        for r in range(n):
+                            ci[r] = cb[r] * ui[r]
+                    numpy.dot(cm, um.T, hk)
+                    for i in range(k):
+                        for j in range(i, k):
+                            hb[i, j] += hk[i, j]
+                    continue
+                cr = cu[:n]
+                for i in range(k):
+                    ui = ub[i * n : (i + 1) * n]
+                    for r in range(n):
+                        cr[r] = cb[r] * ui[r]
+                    j = i
+                    while j + 3 < k:  # four rows per pass: cu read once for them
+                        v0 = ub[j * n : (j + 1) * n]
+                        v1 = ub[(j + 1) * n : (j + 2) * n]
+                        v2 = ub[(j + 2) * n : (j + 3) * n]
+                        v3 = ub[(j + 3) * n : (j + 4) * n]
+                        s0 = zero
+                        s1 = zero
+                        s2 = zero
+                        s3 = zero
+                        for r in range(n):
+                            w = cr[r]
+                            s0 += w * v0[r]
+                            s1 += w * v1[r]
+                            s2 += w * v2[r]
+                            s3 += w * v3[r]
+                        hb[i, j] += s0
+                        hb[i, j + 1] += s1
+                        hb[i, j + 2] += s2
+                        hb[i, j + 3] += s3
+                        j += 4
+                    while j < k:
+                        v0 = ub[j * n : (j + 1) * n]
+                        s0 = zero
+                        for r in range(n):
+                            s0 += cr[r] * v0[r]
+                        hb[i, j] += s0
+                        j += 1
+
+    @_jit
+    def _network(
+        x,
+        ops,
+        fparams,
+        ws,
+        wts,
+        biases,
+        seeds,
+        pairs,
+        g_last,
+        b_out,
+        target,
+        end,
+        final,
+        nf,
+        nslots,
+        nacts,
+        width,
+        y,
+        jac,
+        hess,
+        diag,
+        vdirs,
+        mode,
+        tile,
+        counter,
+    ):  # pragma: no cover - compiled
+        # Inner loops index slices by their own range variable only: an index computed from
+        # offsets makes numba check it for negative wraparound, and the loop stays slow.
+        batch = x.shape[0]
+        m = y.shape[1]
+        k = jac.shape[2]
+        full = mode == FULL
+        hvp = mode == HVP
+        n_ops = ops.shape[0]
+        dt = x.dtype
+        zero = dt.type(0)
+        vals = numpy.empty((nslots, tile * width), dt)
+        grads = numpy.empty((nslots, tile * m * width), dt)
+        tans = numpy.empty((nslots, tile * k * width), dt)
+        d1s = numpy.empty((nacts, tile * width), dt)
+        d2s = numpy.empty((nacts, tile * width), dt)
+        # The curvature weights c = g φ'': with one output, written over φ'' (not read again).
+        cs = d2s if m == 1 else numpy.empty((nacts, tile * m * width), dt)
+        scratch = numpy.empty(tile * max(m, k) * width, dt)
+        gfin = numpy.empty(tile * nf, dt)  # the adjoint at the end (squared error)
+        cu = numpy.empty(3 * k * width, dt)
+        hk = numpy.empty((k, k), dt)
+        npairs = pairs.shape[0]
+        pair_out = numpy.empty(tile * m * npairs, dt)
+        while True:  # the next unclaimed tile, until none is left
+            r0 = _claim(counter, tile)
+            if r0 >= batch:
+                break
+            nt = min(tile, batch - r0)
+            xt = x[r0 : r0 + nt]
+            # -- values forward ------------------------------------------------------------
+            for p in range(n_ops):
+                op, dst, src, nin, nout = ops[p, OP], ops[p, DST], ops[p, SRC], ops[p, NIN], ops[p, NOUT]
+                if op == AFFINE:
+                    out = vals[dst, : nt * nout].reshape((nt, nout))
+                    wt = wts[ops[p, WEIGHT]]
+                    if src < 0 and nin <= 16:  # few inputs: a loop beats a product of depth nin
+                        for b in range(nt):
+                            ob = out[b]
+                            for r in range(nout):
+                                ob[r] = zero
+                            for i in range(nin):
+                                xi = xt[b, i]
+                                wi = wt[i]
+                                for r in range(nout):
+                                    ob[r] += xi * wi[r]
+                    elif src < 0:
+                        numpy.dot(xt, wt, out)
+                    else:
+                        numpy.dot(vals[src, : nt * nin].reshape((nt, nin)), wt, out)
+                    if ops[p, BIAS] >= 0:
+                        bias = biases[ops[p, BIAS]]
+                        for b in range(nt):
+                            ob = out[b]
+                            for r in range(nout):
+                                ob[r] += bias[r]
+                elif op == POINTWISE:
+                    a = ops[p, ACT]
+                    q = nt * nout
+                    pointwise_rows(
+                        ops[p, CODE],
+                        fparams[p],
+                        vals[src, :q].reshape((nt, nout)),
+                        biases[ops[p, BIAS]],
+                        d1s[a, :q].reshape((nt, nout)),
+                        d2s[a, :q].reshape((nt, nout)),
+                        ops[p, CURVED] != 0,
+                    )
+                elif op == ADD:
+                    h = dt.type(fparams[p, 0])
+                    vd = vals[dst, : nt * nout]
+                    vs = vals[src, : nt * nout]
+                    for q in range(nt * nout):
+                        vd[q] += h * vs[q]
+                else:  # COPY
+                    vd = vals[dst, : nt * nin]
+                    if src < 0:
+                        for b in range(nt):
+                            vb = vd[b * nin : (b + 1) * nin]
+                            xb = xt[b]
+                            for r in range(nin):
+                                vb[r] = xb[r]
+                    else:
+                        vs = vals[src, : nt * nin]
+                        for q in range(nt * nin):
+                            vd[q] = vs[q]
+            v = vals[final]
+            g = grads[final]
+            if end == LINEAR:
+                for b in range(nt):
+                    vb = v[b * nf : (b + 1) * nf]
+                    for o in range(m):
+                        go = g_last[o]
+                        acc = b_out[o]
+                        for r in range(nf):
+                            acc += vb[r] * go[r]
+                        y[r0 + b, o] = acc
+                        gb = g[(b * m + o) * nf : (b * m + o + 1) * nf]
+                        for r in range(nf):
+                            gb[r] = go[r]
+            else:  # mean squared error: g = (2/n)(v - target), its Hessian (2/n) I
+                scale = dt.type(2.0 / nf)
+                for b in range(nt):
+                    tb = target[r0 + b] if target.shape[0] > 1 else target[0]
+                    vb = v[b * nf : (b + 1) * nf]
+                    gb = g[b * nf : (b + 1) * nf]
+                    fb = gfin[b * nf : (b + 1) * nf]
+                    acc = zero
+                    for r in range(nf):
+                        e = vb[r] - tb[r]
+                        acc += e * e
+                        fb[r] = scale * e
+                        gb[r] = scale * e
+                    y[r0 + b, 0] = acc / dt.type(nf)
+            # -- adjoints back -------------------------------------------------------------
+            for p in range(n_ops - 1, -1, -1):
+                op, dst, src, nin, nout = ops[p, OP], ops[p, DST], ops[p, SRC], ops[p, NIN], ops[p, NOUT]
+                if op == AFFINE:
+                    if src < 0:
+                        continue
+                    gd = grads[dst, : nt * m * nout].reshape((nt * m, nout))
+                    gs = grads[src, : nt * m * nin]
+                    if ops[p, ACC]:
+                        tmp = scratch[: nt * m * nin]
+                        numpy.dot(gd, ws[ops[p, WEIGHT]], tmp.reshape((nt * m, nin)))
+                        for q in range(nt * m * nin):
+                            gs[q] += tmp[q]
+                    else:
+                        numpy.dot(gd, ws[ops[p, WEIGHT]], gs.reshape((nt * m, nin)))
+                elif op == POINTWISE:
+                    a = ops[p, ACT]
+                    curved = ops[p, CURVED] != 0
+                    if m == 1:  # one pass over the tile (c over φ'')
+                        d1 = d1s[a, : nt * nout]
+                        d2 = d2s[a, : nt * nout]
+                        gs = grads[src, : nt * nout]
+                        if curved:
+                            for q in range(nt * nout):
+                                gq = gs[q]
+                                d2[q] *= gq
+                                gs[q] = gq * d1[q]
+                        else:
+                            for q in range(nt * nout):
+                                gs[q] *= d1[q]
+                        continue
+                    for b in range(nt):
+                        d1 = d1s[a, b * nout : (b + 1) * nout]
+                        d2 = d2s[a, b * nout : (b + 1) * nout]
+                        for o in range(m):
+                            lo = (b * m + o) * nout
+                            gs = grads[src, lo : lo + nout]
+                            if curved:
+                                cc = cs[a, lo : lo + nout]
+                                for r in range(nout):
+                                    cc[r] = gs[r] * d2[r]
+                            for r in range(nout):
+                                gs[r] *= d1[r]
+                elif op == ADD:
+                    h = dt.type(fparams[p, 0])
+                    gd = grads[dst, : nt * m * nout]
+                    gs = grads[src, : nt * m * nout]
+                    for q in range(nt * m * nout):
+                        gs[q] = h * gd[q]
+                elif src >= 0:  # COPY of a slot
+                    gd = grads[dst, : nt * m * nin]
+                    gs = grads[src, : nt * m * nin]
+                    if ops[p, ACC]:
+                        for q in range(nt * m * nin):
+                            gs[q] += gd[q]
+                    else:
+                        for q in range(nt * m * nin):
+                            gs[q] = gd[q]
+            # -- tangents forward, with the curvature ----------------------------------------
+            if full or hvp:
+                hess[r0 : r0 + nt] = zero
+            else:
+                diag[r0 : r0 + nt] = zero
+            for p in range(n_ops):
+                op, dst, src, nin, nout = ops[p, OP], ops[p, DST], ops[p, SRC], ops[p, NIN], ops[p, NOUT]
+                if op == AFFINE or (op == COPY and src < 0):
+                    if src >= 0:
+                        numpy.dot(
+                            tans[src, : nt * k * nin].reshape((nt * k, nin)),
+                            wts[ops[p, WEIGHT]],
+                            tans[dst, : nt * k * nout].reshape((nt * k, nout)),
+                        )
+                    elif ops[p, SEED] >= 0:  # the input's tangents, the same for every sample
+                        s = seeds[ops[p, SEED]]
+                        for i in range(k):
+                            si = s[i]
+                            for b in range(nt):
+                                lo = (i * nt + b) * nout
+                                ti = tans[dst, lo : lo + nout]
+                                for r in range(nout):
+                                    ti[r] = si[r]
+                elif op == POINTWISE:
+                    a = ops[p, ACT]
+                    n = nout
+                    seeded = ops[p, SEEDED]
+                    if hvp and seeded != 0:  # the seeds formed per sample: H v needs no pairs
+                        for i in range(k):
+                            for b in range(nt):
+                                tb = tans[src, (i * nt + b) * n : (i * nt + b + 1) * n]
+                                if seeded == 1:
+                                    si = seeds[ops[p, WEIGHT]][i]
+                                    for r in range(n):
+                                        tb[r] = si[r]
+                                else:
+                                    for r in range(n):
+                                        tb[r] = zero
+                                    tb[i] = dt.type(1)
+                        seeded = 0
+                    if hvp and ops[p, CURVED] != 0:
+                        _curvature_hvp(tans[src], cs[a], hess, vdirs, r0, nt, m, k, n, cu)
+                    elif ops[p, CURVED] != 0:
+                        if seeded == 1 and npairs == 3:  # k = 2: the three pairs in one pass
+                            for row in range(nt * m):
+                                pr = pair_out[row * 3 : row * 3 + 3]
+                                pr[0], pr[1], pr[2] = _dot3(
+                                    cs[a, row * n : (row + 1) * n], pairs[0], pairs[1], pairs[2]
+                                )
+                        elif seeded == 1 and npairs <= 6:  # few pairs: a dot product each per sample
+                            for row in range(nt * m):
+                                cr = cs[a, row * n : (row + 1) * n]
+                                pr = pair_out[row * npairs : (row + 1) * npairs]
+                                for q in range(npairs):
+                                    pq = pairs[q]
+                                    acc = zero
+                                    for r in range(n):
+                                        acc += cr[r] * pq[r]
+                                    pr[q] = acc
+                        elif seeded == 1:  # one product for the tile: c @ (S_i S_j pairs)ᵀ
+                            numpy.dot(
+                                cs[a, : nt * m * n].reshape((nt * m, n)),
+                                pairs.T,
+                                pair_out[: nt * m * npairs].reshape((nt * m, npairs)),
+                            )
+                        if seeded == 1:
+                            po = pair_out[: nt * m * npairs].reshape((nt * m, npairs))
+                            for b in range(nt):
+                                for o in range(m):
+                                    pr = po[b * m + o]
+                                    if full:
+                                        hb = hess[r0 + b, o]
+                                        q = 0
+                                        for i in range(k):
+                                            for j in range(i, k):
+                                                hb[i, j] += pr[q]
+                                                q += 1
+                                    else:
+                                        db = diag[r0 + b, o]
+                                        for i in range(k):
+                                            db[i] += pr[i]
+                        elif seeded == 2:  # identity seeds: the curvature is diag(c)
+                            for b in range(nt):
+                                for o in range(m):
+                                    lo = (b * m + o) * n
+                                    cb = cs[a, lo : lo + n]
+                                    for i in range(k):
+                                        if full:
+                                            hess[r0 + b, o, i, i] += cb[i]
+                                        else:
+                                            diag[r0 + b, o, i] += cb[i]
+                        else:
+                            _curvature(tans[src], cs[a], hess, diag, r0, nt, m, k, n, full, hk, cu)
+                    d1 = d1s[a, : nt * n]
+                    if seeded == 1 and k == 2:  # both directions in one pass per sample
+                        s0 = seeds[ops[p, WEIGHT]][0]
+                        s1 = seeds[ops[p, WEIGHT]][1]
+                        for b in range(nt):
+                            _scale2(
+                                d1[b * n : (b + 1) * n],
+                                s0,
+                                s1,
+                                tans[src, b * n : (b + 1) * n],
+                                tans[src, (nt + b) * n : (nt + b + 1) * n],
+                            )
+                        continue
+                    if seeded == 0 and k == 2:  # both directions in one pass: d1 read once
+                        t0 = tans[src, : nt * n]
+                        t1 = tans[src, nt * n : 2 * nt * n]
+                        for q in range(nt * n):
+                            dq = d1[q]
+                            t0[q] *= dq
+                            t1[q] *= dq
+                        continue
+                    for i in range(k):
+                        ti = tans[src, i * nt * n : (i + 1) * nt * n]
+                        if seeded == 0:
+                            for q in range(nt * n):
+                                ti[q] *= d1[q]
+                            continue
+                        for b in range(nt):
+                            tb = ti[b * n : (b + 1) * n]
+                            db = d1[b * n : (b + 1) * n]
+                            if seeded == 1:
+                                si = seeds[ops[p, WEIGHT]][i]
+                                for r in range(n):
+                                    tb[r] = db[r] * si[r]
+                            else:
+                                for r in range(n):
+                                    tb[r] = zero
+                                tb[i] = db[i]
+                elif op == ADD:
+                    h = dt.type(fparams[p, 0])
+                    td = tans[dst, : nt * k * nout]
+                    ts = tans[src, : nt * k * nout]
+                    for q in range(nt * k * nout):
+                        td[q] += h * ts[q]
+                else:  # COPY of a slot
+                    td = tans[dst, : nt * k * nin]
+                    ts = tans[src, : nt * k * nin]
+                    for q in range(nt * k * nin):
+                        td[q] = ts[q]
+            # -- the Jacobian, the end's own curvature, the lower triangle ------------------------
+            t = tans[final]
+            for b in range(nt):
+                for o in range(m):
+                    go = g_last[o] if end == LINEAR else gfin[b * nf : (b + 1) * nf]
+                    for i in range(k):
+                        lo = (i * nt + b) * nf
+                        ti = t[lo : lo + nf]
+                        acc = zero
+                        for r in range(nf):
+                            acc += ti[r] * go[r]
+                        jac[r0 + b, o, i] = acc
+            if end != LINEAR:
+                scale = dt.type(2.0 / nf)
+                for q in range(nt * nf):
+                    scratch[q] = scale
+                if hvp:
+                    _curvature_hvp(t, scratch, hess, vdirs, r0, nt, 1, k, nf, cu)
+                else:
+                    _curvature(t, scratch, hess, diag, r0, nt, 1, k, nf, full, hk, cu)
+            if full:
+                for b in range(nt):
+                    for o in range(m):
+                        hb = hess[r0 + b, o]
+                        for i in range(k):
+                            for j in range(i):
+                                hb[i, j] = hb[j, i]
