@@ -2,9 +2,11 @@
 
 Run from the repository root::
 
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python asv_bench/compare.py          # full, ~15 min
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python asv_bench/compare.py          # full, ~25 min
     python asv_bench/compare.py --quick                                              # smoke test, < 1 min
     python asv_bench/compare.py --cases pinn hessquik                                 # a subset
+    python asv_bench/compare.py --cases activations --write       # the activation grid, ~10 min
+    python asv_bench/compare.py --quick --cases activations       # its smoke test, < 30 s
 
 (The ``env -u`` prefix lets OpenBLAS pick its kernel for this CPU; it belongs to this command
 only, never to the tests or CI.)
@@ -27,8 +29,16 @@ of each per round, after a warm-up; each round starts with the next system) and 
 reported: on a shared, noisy machine,
 ratios taken in one run are meaningful, absolute times less so.
 
-The full run writes ``docs/benchmarks.md`` and ``docs/benchmarks_batch.png``; ``--quick``
-and ``--cases`` runs write nothing unless ``--write`` is given.
+The activation grid (``--cases activations``, :func:`activation_grid`) runs every activation
+of :data:`ACTIVATIONS` as an MLP and as a residual network at the PINN-like, mid and wide
+settings (and at B=10 and 100 against JAX ``jit``): hessarray on NumPy against the fastest
+peer, with the executor that ran (``ha.plan(model, x).executor``). ``--portable`` switches
+NumPy's compiled executor off for the whole run.
+
+The full run writes ``docs/benchmarks.md`` (the activation grid into its marked section
+``activations``), ``docs/benchmarks_batch.png`` and ``docs/benchmarks_activations.png``;
+``--quick`` and ``--cases`` runs write nothing unless ``--write`` is given (``--cases
+activations --write`` replaces only its own section).
 """
 
 from __future__ import annotations
@@ -61,6 +71,10 @@ except ImportError:  # running from a checkout without installing it
     sys.path.insert(0, str(REPO))
     import hessarray as ha
 
+if str(Path(__file__).resolve().parent) not in sys.path:  # doc_section, when imported from elsewhere
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from doc_section import markers, write_section  # noqa: E402
+
 LOG2 = math.log(2.0)
 
 # --------------------------------------------------------------------------------------------
@@ -74,7 +88,8 @@ class Spec:
 
     Ops: ``("dense", W (out, in), b (out,))``, ``("act", name)``,
     ``("res", W, b, act, h)`` for ``x + h·act(W x + b)``, and ``("sum",)``.
-    Activations: ``"tanh"`` and ``"logcosh"`` (``log cosh z``).
+    Activations: those of :data:`ACTIVATIONS` (``"tanh"``, ``"sin"``, ``"softplus"``,
+    ``"silu"``, ``"sigmoid"``) and ``"logcosh"`` (``log cosh z``).
     """
 
     name: str
@@ -89,8 +104,12 @@ class Spec:
         return out
 
 
-def mlp_spec(d: int, width: int, depth: int = 4, seed: int = 0) -> Spec:
-    """``dense d→w, tanh, (dense w→w, tanh) × (depth-1), dense w→1, Sum``."""
+#: The activations of the activation grid (:func:`activation_grid`), in the order of its tables.
+ACTIVATIONS = ("tanh", "sin", "softplus", "silu", "sigmoid")
+
+
+def mlp_spec(d: int, width: int, depth: int = 4, seed: int = 0, act: str = "tanh") -> Spec:
+    """``dense d→w, act, (dense w→w, act) × (depth-1), dense w→1, Sum``."""
     rng = np.random.default_rng(seed)
     dims = [d] + [width] * depth + [1]
     ops: list = []
@@ -99,13 +118,16 @@ def mlp_spec(d: int, width: int, depth: int = 4, seed: int = 0) -> Spec:
         b = 0.1 * rng.standard_normal(dims[i + 1])
         ops.append(("dense", W, b))
         if i < depth:
-            ops.append(("act", "tanh"))
+            ops.append(("act", act))
     ops.append(("sum",))
-    return Spec(f"mlp d={d} w={width}", d, ops, width)
+    return Spec(f"{act} mlp d={d} w={width}", d, ops, width)
 
 
-def resnet_spec(d: int, first_act: str, width: int = 16, depth: int = 4, h: float = 0.5, seed: int = 0) -> Spec:
-    """hessQuik's timing network: ``dense d→16, act, 4 × residual(tanh, h=0.5), dense 16→1``."""
+def resnet_spec(
+    d: int, first_act: str, width: int = 16, depth: int = 4, h: float = 0.5, seed: int = 0, act: str = "tanh"
+) -> Spec:
+    """``dense d→w, first_act, depth × residual(act, h), dense w→1, Sum``; by default
+    hessQuik's timing network: ``dense d→16, first_act, 4 × residual(tanh, h=0.5), dense 16→1``."""
     rng = np.random.default_rng(seed)
     ops: list = [
         ("dense", rng.standard_normal((width, d)) / math.sqrt(d), 0.1 * rng.standard_normal(width)),
@@ -113,10 +135,10 @@ def resnet_spec(d: int, first_act: str, width: int = 16, depth: int = 4, h: floa
     ]
     for _ in range(depth):
         W = rng.standard_normal((width, width)) / math.sqrt(width)
-        ops.append(("res", W, 0.1 * rng.standard_normal(width), "tanh", h))
+        ops.append(("res", W, 0.1 * rng.standard_normal(width), act, h))
     ops.append(("dense", rng.standard_normal((1, width)) / math.sqrt(width), 0.1 * rng.standard_normal(1)))
     ops.append(("sum",))
-    return Spec(f"resnet d={d} {first_act}", d, ops, width)
+    return Spec(f"resnet d={d} w={width} {first_act}/{act}", d, ops, width)
 
 
 # --------------------------------------------------------------------------------------------
@@ -154,7 +176,14 @@ def _np_out(out: tuple) -> tuple:
 
 
 def ha_model(spec: Spec, dtype: Any, conv: Callable = np.asarray) -> ha.Sequential:
-    acts = {"tanh": ha.Tanh, "logcosh": ha.LogCosh}
+    acts = {
+        "tanh": ha.Tanh,
+        "sin": ha.Sin,
+        "softplus": ha.Softplus,
+        "silu": ha.SiLU,
+        "sigmoid": ha.Sigmoid,
+        "logcosh": ha.LogCosh,
+    }
     layers = []
     for op in spec.cast(dtype):
         if op[0] == "dense":
@@ -251,7 +280,14 @@ def build_jax(spec: Spec, dtype: Any) -> Built:
     import jax.numpy as jnp
 
     ops = [tuple(jnp.asarray(a) if isinstance(a, np.ndarray) else a for a in op) for op in spec.cast(dtype)]
-    acts = {"tanh": jnp.tanh, "logcosh": lambda z: z + jax.nn.softplus(-2.0 * z) - LOG2}
+    acts = {
+        "tanh": jnp.tanh,
+        "sin": jnp.sin,
+        "softplus": jax.nn.softplus,
+        "silu": jax.nn.silu,
+        "sigmoid": jax.nn.sigmoid,
+        "logcosh": lambda z: z + jax.nn.softplus(-2.0 * z) - LOG2,
+    }
 
     def f(x):  # one sample (d,) -> scalar
         for op in ops:
@@ -280,7 +316,15 @@ def build_torch_func(spec: Spec, dtype: Any) -> Built:
 
     tdt = torch.float64 if dtype == np.float64 else torch.float32
     ops = [tuple(torch.asarray(a) if isinstance(a, np.ndarray) else a for a in op) for op in spec.cast(dtype)]
-    acts = {"tanh": torch.tanh, "logcosh": lambda z: z + torch.nn.functional.softplus(-2.0 * z) - LOG2}
+    F = torch.nn.functional
+    acts = {
+        "tanh": torch.tanh,
+        "sin": torch.sin,
+        "softplus": F.softplus,
+        "silu": F.silu,
+        "sigmoid": torch.sigmoid,
+        "logcosh": lambda z: z + F.softplus(-2.0 * z) - LOG2,
+    }
 
     def f(x):
         for op in ops:
@@ -319,7 +363,14 @@ def build_tf(jit: bool) -> Callable[[Spec, Any], Built]:
             if op[0] in ("dense", "res"):  # x (B, in) @ Wᵀ
                 op = (op[0], tf.constant(op[1].T), tf.constant(op[2]), *op[3:])
             ops.append(op)
-        acts = {"tanh": tf.tanh, "logcosh": lambda z: z + tf.math.softplus(-2.0 * z) - LOG2}
+        acts = {
+            "tanh": tf.math.tanh,
+            "sin": tf.math.sin,
+            "softplus": tf.math.softplus,
+            "silu": tf.nn.silu,
+            "sigmoid": tf.math.sigmoid,
+            "logcosh": lambda z: z + tf.math.softplus(-2.0 * z) - LOG2,
+        }
 
         def model(x):  # (B, d) -> (B,)
             for op in ops:
@@ -381,10 +432,19 @@ def build_hessquik(forward: bool) -> Callable[[Spec, Any], Built]:
         import torch
 
         tdt = torch.float64 if dtype == np.float64 else torch.float32
-        acts = {"tanh": hq_act.tanhActivation, "logcosh": hq_act.antiTanhActivation}
+        acts = {
+            "tanh": hq_act.tanhActivation,
+            "logcosh": hq_act.antiTanhActivation,
+            "softplus": getattr(hq_act, "softplusActivation", None),
+            "sigmoid": getattr(hq_act, "sigmoidActivation", None),
+        }
+        used = {op[1] for op in spec.ops if op[0] == "act"} | {op[3] for op in spec.ops if op[0] == "res"}
+        lacking = sorted(a for a in used if acts.get(a) is None)
+        if lacking:
+            raise NotImplementedError(f"hessQuik has no {', '.join(lacking)} activation")
         # hessQuik's antiTanh is log(2 cosh z) = log cosh z + log 2: the constant offset of the
         # features it feeds is cancelled in the biases downstream (exactly the same function).
-        shift = {"tanh": 0.0, "logcosh": LOG2}
+        shift = {"tanh": 0.0, "logcosh": LOG2, "softplus": 0.0, "sigmoid": 0.0}
         layers, offset = [], np.zeros(spec.d)
         ops = spec.ops
         for k, op in enumerate(ops):
@@ -580,17 +640,20 @@ def pick_threads(built: Built, xin: Any) -> tuple[int | None, float]:
     """The faster thread count for ``built`` (None: it has no pool to resize), and an
     estimate of its time per call on ``xin``.
 
-    Tried on an eighth of the samples (a slow pool can be many times slower: no need to wait
-    for it on the whole batch); one thread is kept unless the default pool is faster.
+    A system with a pool is tried on an eighth of the samples (a slow pool can be many times
+    slower: no need to wait for it on the whole batch); one thread is kept unless the default
+    pool is faster. One without is timed once on the whole batch.
     """
     n = xin.shape[0]
+    if not built.knob or NCORES == 1:
+        # On the whole batch: a system compiled per input shape (JAX, TensorFlow) would
+        # compile again for a part of it (a second or more here, per case).
+        return None, timed(built.fn, xin)
     # hessarray's pool works on blocks of samples (up to 2048 each): keep enough of them to
     # have several blocks, or the probe finds no use for a second thread.
     least = 16384 if built.knob == "hessarray" else 64
     xs = xin[: max(n // 8, min(n, least))]
     scale = n / xs.shape[0]
-    if not built.knob or NCORES == 1:
-        return None, min(timed(built.fn, xs) for _ in range(2)) * scale
     THREADS.apply(built.knob, 1)
     t_one = min(timed(built.fn, xs) for _ in range(2))
     THREADS.apply(built.knob, NCORES)
@@ -752,10 +815,40 @@ def versions() -> dict[str, str]:
             out[dist] = version(dist)
         except PackageNotFoundError:
             out[dist] = "not installed"
-    from hessarray import _fused
-
-    out["hessarray fused loops (numba)"] = "on" if _fused.ENABLED else "off"
+    out["hessarray compiled executor (numba)"] = "on" if any(compiled_flags().values()) else "off"
     return out
+
+
+#: The modules whose ``ENABLED`` lets NumPy's compiled executor run: ``hessarray._numpy``
+#: and, while it still exists, the module it replaces, ``hessarray._fused``.
+FLAG_MODULES = ("hessarray._numpy", "hessarray._fused")
+
+
+def compiled_flags() -> dict[str, bool]:
+    """``ENABLED`` of each of :data:`FLAG_MODULES` that exists here."""
+    import importlib
+
+    flags = {}
+    for name in FLAG_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(module, "ENABLED"):
+            flags[name] = bool(module.ENABLED)
+    return flags
+
+
+def set_compiled(flags: bool | dict[str, bool]) -> dict[str, bool]:
+    """Set ``ENABLED`` of every flag module (``False`` forces the portable executor on NumPy;
+    a dict from :func:`compiled_flags` restores each as it was); returns the old flags."""
+    import importlib
+
+    old = compiled_flags()
+    for name in old:
+        value = flags.get(name, old[name]) if isinstance(flags, dict) else bool(flags)
+        importlib.import_module(name).ENABLED = value
+    return old
 
 
 def matmul_rate(n: int, dtype: Any, threads: int, repeats: int = 5) -> float:
@@ -1236,6 +1329,265 @@ def batch_plot(rep: Report, cfg: argparse.Namespace, systems: list[System], kept
     rep.out()
 
 
+# -- activation grid ---------------------------------------------------------------------------
+
+#: Settings of the activation grid: label, d, width, batch, target speed-up over the fastest
+#: peer (those of :data:`FULL_CASES`); the small batches run at the first (PINN-like) one.
+ACT_SETTINGS = [
+    ("PINN-like", 2, 64, 10_000, 2.0),
+    ("mid", 10, 256, 2_000, 1.5),
+    ("wide", 50, 64, 1_000, 1.0),
+]
+ACT_SETTINGS_QUICK = [("PINN-like", 2, 8, 200, 2.0)]
+#: Small batches of the PINN-like setting, against JAX ``jit`` (target: at least its speed).
+SMALL_BATCHES = (10, 100)
+SMALL_BATCHES_QUICK = (10,)
+#: Hidden activations of both networks: the MLP's depth; the residual network's first layer
+#: and its ``ACT_DEPTH - 1`` blocks.
+ACT_DEPTH = 4
+ARCHS = ("MLP", "ResNet")
+JAX_PEER = "JAX jit(vmap(hessian))"
+#: The peers of the grid: its fastest peer is the faster of these that are installed.
+GRID_PEERS = ("TensorFlow tf.function+XLA", JAX_PEER)
+SHORT = {"TensorFlow tf.function+XLA": "TF+XLA", JAX_PEER: "JAX"}
+
+
+def act_spec(arch: str, act: str, d: int, width: int, seed: int = 0) -> Spec:
+    """The grid's network: ``arch`` ``"MLP"`` (:func:`mlp_spec`, depth :data:`ACT_DEPTH`) or
+    ``"ResNet"``: ``dense d→w, act, (ACT_DEPTH - 1) × Residual(dense w→w, act, h=0.5), dense w→1``."""
+    if arch == "MLP":
+        return mlp_spec(d, width, depth=ACT_DEPTH, seed=seed, act=act)
+    return resnet_spec(d, act, width=width, depth=ACT_DEPTH - 1, h=0.5, seed=seed, act=act)
+
+
+@dataclass
+class Cell:
+    """One case of the activation grid."""
+
+    ha: float | None = None  # hessarray numpy (auto), median seconds
+    peer: float | None = None  # the fastest peer's median seconds
+    peer_name: str = ""
+    executor: str = ""  # ha.plan(model, x).executor
+    status: str = ""  # why a time is missing
+
+    @property
+    def ratio(self) -> float | None:
+        return self.peer / self.ha if self.ha and self.peer else None
+
+    def text(self) -> str:
+        if self.ratio is None:
+            return self.status or "—"
+        ratio = f"{self.ratio:.2f}×"
+        if self.ratio < 1:
+            ratio = f"**{ratio}**"
+        peer = "" if self.peer_name == "JAX" else f" {self.peer_name}"
+        return f"{fmt_s(self.ha)} / {fmt_s(self.peer)}{peer} = {ratio} ({self.executor})"
+
+
+def activation_grid(rep: Report, cfg: argparse.Namespace, systems: list[System], st: Settings) -> list[str]:
+    """hessarray on NumPy against the fastest peer for every activation of :data:`ACTIVATIONS`,
+    as an MLP and a residual network, at the PINN-like, mid and wide settings and at small
+    batches; returns the marked section ``activations`` of ``docs/benchmarks.md`` (its lines)."""
+    settings = ACT_SETTINGS_QUICK if cfg.quick else ACT_SETTINGS
+    # Fewer, shorter rounds than the main cases: 100 cases in about ten minutes.
+    if cfg.quick:
+        gst = Settings(repeats=1, max_repeats=2, budget_s=0.05, max_call_s=1.0, probe=16)
+    else:
+        gst = Settings(repeats=5, max_repeats=7, budget_s=1.0, max_call_s=2.0, warm_below_s=0.1)
+    mine = [s for s in systems if s.name == HA_MAIN]
+    peers = [s for s in systems if s.name in GRID_PEERS]
+    label0, d0, w0, _, _ = settings[0]
+    columns = [(label, d, w, batch, need, peers, "the fastest peer") for label, d, w, batch, need in settings]
+    small = [s for s in peers if s.name == JAX_PEER]
+    batches = SMALL_BATCHES_QUICK if cfg.quick else SMALL_BATCHES
+    columns += [(f"{label0} B={b}", d0, w0, b, 1.0, small, "JAX jit") for b in batches]
+    heads = [f"{label} (d={d}, w={w}, B={batch})" for label, d, w, batch, *_ in columns]
+    begin, end = markers("activations")
+    sec = Report()
+    sec.out(begin)
+    sec.out("## Every activation: MLPs and residual networks")
+    sec.out()
+    sec.out(
+        f"Generated by `asv_bench/compare.py` on {time.strftime('%Y-%m-%d %H:%M')} ({cpu_model()}, {NCORES} "
+        "cores, load average before the section "
+        f"{', '.join(f'{v:.2f}' for v in os.getloadavg())}), from the repository root:"
+    )
+    sec.out()
+    sec.out("```bash")
+    flags = ["--cases activations --write"] + (["--quick"] if cfg.quick else [])
+    flags += ["--portable"] if cfg.portable else []
+    if list(cfg.activations) != list(ACTIVATIONS):
+        flags.append("--activations " + " ".join(cfg.activations))
+    flags.append("--dtypes " + " ".join(np.dtype(t).name for t in cfg.dtypes))
+    flags += ["--systems " + " ".join(shlex.quote(k) for k in cfg.systems)] if cfg.systems else []
+    sec.out("env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python asv_bench/compare.py " + " ".join(flags))
+    sec.out("```")
+    sec.out()
+    sec.out(
+        "Value, gradient and Hessian of every sample (`ha.derivatives`, as in the main cases) of two "
+        f"networks with {ACT_DEPTH} hidden activations each: the MLP dense d→w, act, "
+        f"{ACT_DEPTH - 1} × (dense w→w, act), dense w→1, and the residual network (ResNet) dense d→w, act, "
+        f"{ACT_DEPTH - 1} × Residual(dense w→w, act, h=0.5), dense w→1; the same random weights in "
+        'every system. Each cell: hessarray on NumPy (`mode="auto"`) / the fastest peer (the faster '
+        "of TensorFlow+XLA and JAX `jit(vmap(hessian))` that are installed; JAX unless named) = peer "
+        "time ÷ hessarray time (above 1: hessarray is faster; bold: slower), and in brackets the "
+        "executor that ran (`ha.plan(model, x).executor`). The B=10 and B=100 columns are against "
+        "JAX `jit` alone. Medians of round-robin rounds in one run, each system checked against "
+        "hessarray first (as in the main cases)."
+        + (" NumPy's compiled executor was switched off (`--portable`)." if cfg.portable else "")
+    )
+    sec.out()
+    quiet = lambda msg: print(msg, flush=True) if ("MISMATCH" in msg or "error" in msg) else None  # noqa: E731
+    cells: dict[tuple[str, str, str, str], Cell] = {}
+    for dtype in cfg.dtypes:
+        name = np.dtype(dtype).name
+        rtol = 1e-10 if dtype == np.float64 else 1e-3
+        for arch in ARCHS:
+            for act in cfg.activations:
+                for (label, d, w, batch, _, chosen, _), head in zip(columns, heads, strict=True):
+                    spec = act_spec(arch, act, d, w)
+                    t0 = time.perf_counter()
+                    rows = compare(spec, batch, dtype, mine + chosen, gst, rtol, log=quiet)
+                    if "jax" in sys.modules:  # a hundred compiled functions slow every gc.collect down
+                        sys.modules["jax"].clear_caches()
+                    cell = cells[(name, arch, act, head)] = Cell()
+                    main = rows[0]
+                    best = fastest_peer(rows)
+                    cell.ha, cell.peer = main.seconds, best.seconds if best else None
+                    cell.peer_name = SHORT.get(best.system, best.system) if best else ""
+                    if main.seconds is None:
+                        cell.status = f"hessarray: {main.status}"
+                    elif best is None:
+                        cell.status = "; ".join(f"{SHORT.get(r.system, r.system)}: {r.status}" for r in rows[1:])
+                        cell.status = cell.status or "no peer"
+                    THREADS.apply("hessarray", main.threads or NCORES)
+                    model = ha_model(spec, dtype)
+                    cell.executor = ha.plan(model, np.zeros((batch, d), dtype=dtype)).executor
+                    THREADS.restore()
+                    print(
+                        f"  {name} {arch} {act} {label} (B={batch}): {cell.text()} [{time.perf_counter() - t0:.1f} s]",
+                        flush=True,
+                    )
+        sec.out(f"### {name}")
+        sec.out()
+        sec.table(
+            ["activation", "network", *heads],
+            [
+                [act, arch, *(cells[(name, arch, act, h)].text() for h in heads)]
+                for arch in ARCHS
+                for act in cfg.activations
+            ],
+        )
+    # Targets: every activation and network at the main cases' targets; and how much the
+    # activation's name changes hessarray's own time (the slowest activation over tanh).
+    body = []
+    for dtype in cfg.dtypes:
+        name = np.dtype(dtype).name
+        for (*_, need, _, versus), head in zip(columns, heads, strict=True):
+            got = [(c.ratio, act, arch) for (n, arch, act, h), c in cells.items() if n == name and h == head]
+            measured = [g for g in got if g[0] is not None]
+            worst = min(measured) if measured else None
+            spread = []
+            for arch in ARCHS:
+                base = cells[(name, arch, "tanh", head)].ha if "tanh" in cfg.activations else None
+                times = [cells[(name, arch, a, head)].ha for a in cfg.activations]
+                if base and all(times):
+                    spread.append(max(times) / base)
+            ok = (all(g[0] >= need for g in measured) and len(measured) == len(got)) if measured else None
+            body.append(
+                [
+                    f"{head}, {name}",
+                    f"≥ {need:g}× {versus}",
+                    f"{worst[0]:.2f}× ({worst[1]}, {worst[2]})" if worst else "not measured",
+                    f"{sum(g[0] >= need for g in measured)} / {len(got)}",
+                    f"{max(spread):.2f}" if spread else "—",
+                    "—" if ok is None else ("met" if ok else "**missed**"),
+                ]
+            )
+            rep.goal(
+                f"activation grid, {head}, {name}: hessarray numpy ≥ {need:g}× {versus} for every activation "
+                "and network",
+                f"worst {worst[0]:.2f}× ({worst[1]}, {worst[2]})" if worst else "not measured",
+                ok,
+            )
+    sec.out("### Targets")
+    sec.out()
+    sec.table(
+        [
+            "setting",
+            "target",
+            "worst (activation, network)",
+            "cells meeting it",
+            "slowest activation / tanh",
+            "verdict",
+        ],
+        body,
+    )
+    sec.out(
+        "*slowest activation / tanh*: hessarray's time for its slowest activation over its time for tanh, "
+        "same network, setting and dtype (worse of the two networks): 1.00 when the speed does not "
+        "depend on the activation."
+    )
+    sec.out()
+    if cfg.write and activation_plot(cfg, cells, heads):
+        sec.out(f"![speed-up over the fastest peer per activation]({Path(cfg.act_plot).name})")
+        sec.out()
+    sec.out(end)
+    return sec.md
+
+
+def activation_plot(cfg: argparse.Namespace, cells: dict, heads: list[str]) -> bool:
+    """Speed-up bars (fastest peer ÷ hessarray) per activation, grouped by setting, one panel per
+    dtype and network, into ``cfg.act_plot``; False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.ticker import FuncFormatter
+    except ImportError:
+        return False
+    names = [np.dtype(t).name for t in cfg.dtypes]
+    fig, axes = plt.subplots(
+        len(names), len(ARCHS), figsize=(6.5 * len(ARCHS), 3.8 * len(names)), squeeze=False, sharey=True
+    )
+    colours = plt.get_cmap("tab10").colors
+    acts = list(cfg.activations)
+    width = 0.8 / len(acts)
+    for i, name in enumerate(names):
+        for j, arch in enumerate(ARCHS):
+            ax = axes[i][j]
+            for k, act in enumerate(acts):
+                xs, ys, hatch = [], [], []
+                for g, head in enumerate(heads):
+                    cell = cells.get((name, arch, act, head))
+                    if cell is not None and cell.ratio is not None:
+                        xs.append(g + (k - (len(acts) - 1) / 2) * width)
+                        ys.append(cell.ratio)
+                        hatch.append("" if cell.executor == "numpy-compiled" else "//")
+                bars = ax.bar(xs, ys, width, color=colours[k], label=act, edgecolor="black", linewidth=0.4)
+                for bar, h in zip(bars, hatch, strict=True):
+                    bar.set_hatch(h)
+            ax.axhline(1.0, color="black", lw=1)
+            ax.set_yscale("log")
+            times = FuncFormatter(lambda v, _: f"{v:g}×")
+            ax.yaxis.set_major_formatter(times)
+            ax.yaxis.set_minor_formatter(times)
+            ax.tick_params(axis="y", which="minor", labelsize=7)
+            ax.set_xticks(range(len(heads)))
+            ax.set_xticklabels([h.replace(" (", "\n(") for h in heads], fontsize=7)
+            ax.set_title(f"{arch}, {name}", fontsize=10)
+            ax.grid(True, axis="y", which="both", alpha=0.3)
+            if j == 0:
+                ax.set_ylabel("fastest peer time / hessarray time")
+    axes[0][0].legend(fontsize=8, title="activation (hatched: portable executor)", title_fontsize=7)
+    fig.suptitle("hessarray on NumPy against the fastest peer: value, gradient and Hessian", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(cfg.act_plot, dpi=100)
+    plt.close(fig)
+    return True
+
+
 # --------------------------------------------------------------------------------------------
 
 
@@ -1246,7 +1598,7 @@ def marked_sections(text: str) -> list[str]:
     return [line for m in found for line in ["", *m.group(0).splitlines()]]
 
 
-ALL_CASES = ["pinn", "mid", "wide", "hessquik", "modegrid", "memory", "batchplot"]
+ALL_CASES = ["pinn", "mid", "wide", "hessquik", "modegrid", "memory", "batchplot", "activations"]
 QUICK_DEFAULT = ["pinn", "hessquik", "modegrid", "memory"]
 
 
@@ -1282,6 +1634,23 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--markdown", default=str(REPO / "docs" / "benchmarks.md"))
     p.add_argument("--plot", default=str(REPO / "docs" / "benchmarks_batch.png"))
+    p.add_argument(
+        "--act-plot",
+        default=str(REPO / "docs" / "benchmarks_activations.png"),
+        help="the activation grid's plot (written with --write)",
+    )
+    p.add_argument(
+        "--activations",
+        nargs="+",
+        choices=ACTIVATIONS,
+        default=list(ACTIVATIONS),
+        help="the activation grid's activations (default: all)",
+    )
+    p.add_argument(
+        "--portable",
+        action="store_true",
+        help="switch NumPy's compiled executor off (hessarray._numpy.ENABLED = False): the portable one runs",
+    )
     cfg = p.parse_args(argv)
     if cfg.cases is None:
         cfg.cases = QUICK_DEFAULT if cfg.quick else ALL_CASES
@@ -1302,6 +1671,16 @@ def main(argv: list[str] | None = None) -> int:
         jax.config.update("jax_enable_x64", True)  # float64 in JAX (float32 inputs stay float32)
     except ImportError:
         pass
+    flags = set_compiled(False) if cfg.portable else None
+    try:
+        return run(cfg, start)
+    finally:
+        if flags is not None:
+            set_compiled(flags)
+
+
+def run(cfg: argparse.Namespace, start: float) -> int:
+    """The sections ``cfg`` asks for (see :func:`main`)."""
     systems = make_systems()
     if cfg.systems:
         systems = [s for s in systems if s.name == HA_MAIN or any(k in s.name for k in cfg.systems)]
@@ -1377,12 +1756,14 @@ def main(argv: list[str] | None = None) -> int:
 
     rep.summary_at = len(rep.md)
     kept: dict = {}
+    section: list[str] = []  # the activation grid's marked section
     sections = [
         ("pinn", lambda: kept.update(main_cases(rep, cfg, systems, st))),
         ("hessquik", lambda: hessquik_cases(rep, cfg, systems, st)),
         ("modegrid", lambda: mode_grid(rep, cfg)),
         ("memory", lambda: memory(rep, cfg)),
         ("batchplot", lambda: batch_plot(rep, cfg, systems, kept)),
+        ("activations", lambda: section.extend(activation_grid(rep, cfg, systems, st))),
     ]
     for key, run in sections:
         wanted = key in cfg.cases or (key == "pinn" and {"mid", "wide"} & set(cfg.cases))
@@ -1397,9 +1778,15 @@ def main(argv: list[str] | None = None) -> int:
         rep.md[rep.summary_at : rep.summary_at] = lines
     if cfg.write:
         path = Path(cfg.markdown)
-        kept_sections = marked_sections(path.read_text()) if path.exists() else []
-        path.write_text("\n".join(rep.md + kept_sections) + "\n")
-        print(f"wrote {cfg.markdown}" + (f" and {cfg.plot}" if "batchplot" in cfg.cases else ""))
+        wrote = []
+        if set(cfg.cases) - {"activations"}:  # the whole report (keeping the marked sections)
+            kept_sections = marked_sections(path.read_text()) if path.exists() else []
+            path.write_text("\n".join(rep.md + kept_sections) + "\n")
+            wrote += [cfg.markdown] + ([cfg.plot] if "batchplot" in cfg.cases else [])
+        if section:  # only its own marked section
+            write_section("\n".join(section), *markers("activations"), docs=path)
+            wrote += [f"the activations section of {cfg.markdown}", cfg.act_plot]
+        print("wrote " + ", ".join(wrote))
     return 0
 
 

@@ -19,6 +19,11 @@ Backends (the ``backend`` parameter of every benchmark):
 A backend that is not installed, or has no device here, makes ``setup`` raise
 ``NotImplementedError``: asv then reports the benchmark as skipped (``n/a``), not failed.
 Timed functions on GPUs synchronise the device before they return.
+
+Executors (the ``executor`` parameter of the NumPy benchmarks): ``numpy-compiled`` (NumPy's
+compiled whole-network kernels, where the plan picks them) and ``portable`` (the array-API
+passes, forced with :func:`set_compiled`). Activations (the ``activation`` parameter):
+:data:`ACTIVATIONS`.
 """
 
 from __future__ import annotations
@@ -43,6 +48,13 @@ except ImportError:
 
 #: The last three run on a GPU (``asv_bench/gpu_check.sh`` runs those; skipped without one).
 BACKENDS = ["numpy", "torch", "jax", "cupy", "torch:cuda", "jax:cuda"]
+#: What ``ha.plan(model, x).executor`` may name on NumPy.
+EXECUTORS = ["numpy-compiled", "portable"]
+#: The activations of the models, each one hessarray layer.
+ACTIVATIONS = {"tanh": ha.Tanh, "sin": ha.Sin, "softplus": ha.Softplus, "silu": ha.SiLU, "sigmoid": ha.Sigmoid}
+#: The modules whose ``ENABLED`` lets NumPy's compiled executor run: ``hessarray._numpy`` and,
+#: while it still exists, the module it replaces, ``hessarray._fused``.
+FLAG_MODULES = ("hessarray._numpy", "hessarray._fused")
 
 # Import the optional libraries once, up front: with asv's "forkserver" launch method (set in
 # asv.conf.json) every benchmark process is forked from one that has them loaded already,
@@ -218,17 +230,56 @@ def mlp_arrays(d: int, width: int, out: int = 1, depth: int = 2, seed: int = 0) 
     return arrays
 
 
-def mlp_model(arrays: dict[str, Any], scalar: bool = True) -> ha.Sequential:
-    """``Dense, Tanh, ..., Dense`` (+ ``Sum`` when ``scalar``) from :func:`mlp_arrays`' arrays."""
+def mlp_model(arrays: dict[str, Any], scalar: bool = True, activation: str = "tanh") -> ha.Sequential:
+    """``Dense, act, ..., Dense`` (+ ``Sum`` when ``scalar``) from :func:`mlp_arrays`' arrays;
+    ``act`` is ``activation`` (a key of :data:`ACTIVATIONS`)."""
     n = len(arrays) // 2
     layers: list = []
     for i in range(n):
         layers.append(ha.Dense(arrays[f"W{i}"], arrays[f"b{i}"]))
         if i < n - 1:
-            layers.append(ha.Tanh())
+            layers.append(ACTIVATIONS[activation]())
     if scalar:
         layers.append(ha.Sum())
     return ha.Sequential(*layers)
+
+
+def resnet_model(arrays: dict[str, Any], activation: str = "tanh", h: float = 0.5) -> ha.Sequential:
+    """The residual network of :func:`mlp_arrays`' arrays (the same number of activations as
+    :func:`mlp_model`'s): ``Dense d→w, act, Residual(Dense w→w, act, h) × (depth-1), Dense w→1, Sum``."""
+    n = len(arrays) // 2
+    act = ACTIVATIONS[activation]
+    layers: list = [ha.Dense(arrays["W0"], arrays["b0"]), act()]
+    for i in range(1, n - 1):
+        layers.append(ha.Residual(ha.Dense(arrays[f"W{i}"], arrays[f"b{i}"]), act(), h=h))
+    layers += [ha.Dense(arrays[f"W{n - 1}"], arrays[f"b{n - 1}"]), ha.Sum()]
+    return ha.Sequential(*layers)
+
+
+def compiled_flags() -> dict[str, bool]:
+    """``ENABLED`` of each of :data:`FLAG_MODULES` that exists here."""
+    import importlib
+
+    flags = {}
+    for name in FLAG_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(module, "ENABLED"):
+            flags[name] = bool(module.ENABLED)
+    return flags
+
+
+def set_compiled(flags: bool | dict[str, bool]) -> dict[str, bool]:
+    """Set ``ENABLED`` of every flag module (``False`` forces the portable executor on NumPy;
+    a dict from :func:`compiled_flags` restores each as it was); returns the old flags."""
+    import importlib
+
+    old = compiled_flags()
+    for name in old:
+        importlib.import_module(name).ENABLED = flags.get(name, old[name]) if isinstance(flags, dict) else bool(flags)
+    return old
 
 
 class Call:

@@ -7,11 +7,28 @@ Problems are tanh MLPs (two hidden layers) kept small, so that ``asv run --quick
 
 ``time_*`` measure the call (synchronised on GPUs), ``peakmem_*`` the process's peak resident
 memory around it, and ``track_device_peak_bytes`` the device memory peak (GPU backends only).
+
+:class:`Executors` (NumPy only) times ``ha.derivatives`` over the executor that runs, the
+activation and the network (MLP or residual network) at both problem sizes.
 """
 
 from __future__ import annotations
 
-from .common import BACKENDS, Call, get_backend, ha, mlp_arrays, mlp_model, random_input
+import numpy as np
+
+from .common import (
+    ACTIVATIONS,
+    BACKENDS,
+    EXECUTORS,
+    Call,
+    get_backend,
+    ha,
+    mlp_arrays,
+    mlp_model,
+    random_input,
+    resnet_model,
+    set_compiled,
+)
 
 PROBLEMS = {"narrow": (2, 32, 512), "wide": (48, 16, 256)}
 
@@ -100,3 +117,37 @@ class DeviceMemory(_Problem):
         peak = self.be.peak_bytes()
         del out
         return peak
+
+
+class Executors:
+    """``ha.derivatives(model, x)`` (``mode="auto"``) on NumPy, per executor, activation and
+    network: ``mlp`` (:func:`.common.mlp_model`) or ``resnet`` (:func:`.common.resnet_model`,
+    one residual block: as many activations as the MLP).
+
+    ``executor="portable"`` switches NumPy's compiled executor off for the benchmark (``setup``;
+    ``teardown`` restores it). A combination where ``ha.plan(model, x).executor`` would not be
+    the requested executor is skipped (``NotImplementedError``).
+    """
+
+    params = (EXECUTORS, list(ACTIVATIONS), ["mlp", "resnet"], list(PROBLEMS))
+    param_names = ["executor", "activation", "network", "problem"]
+
+    def setup(self, executor, activation, network, problem):
+        d, width, batch = PROBLEMS[problem]
+        arrays = mlp_arrays(d, width)
+        self.model = mlp_model(arrays, activation=activation) if network == "mlp" else resnet_model(arrays, activation)
+        self.x = np.random.default_rng(1).standard_normal((batch, d))
+        self._flags = set_compiled(False) if executor == "portable" else None
+        runs = ha.plan(self.model, self.x).executor
+        if runs != executor:
+            self.teardown(executor, activation, network, problem)
+            raise NotImplementedError(f"the plan runs {runs!r} here, not {executor!r}")
+        ha.derivatives(self.model, self.x)  # compile (numba, cached on disk) and warm up
+
+    def teardown(self, executor, activation, network, problem):
+        if getattr(self, "_flags", None) is not None:
+            set_compiled(self._flags)
+            self._flags = None
+
+    def time_derivatives(self, executor, activation, network, problem):
+        ha.derivatives(self.model, self.x)

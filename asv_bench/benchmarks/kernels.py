@@ -9,9 +9,11 @@ and contracts the factors (``hessarray.engine.forward.contract``); reverse mode 
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
-from .common import BACKENDS, get_backend, ha, random_input
+from .common import ACTIVATIONS, BACKENDS, get_backend, ha, random_input
 
 BATCH = 256
 TANGENTS = 4  # k: the input dimension pushed forward
@@ -101,30 +103,40 @@ class Kernels:
         self._run("contract")
 
 
-class TanhMLPKernel:
-    """The fused forward mode of a tanh MLP (``hessarray/engine/tanh_mlp.py``) on one thread,
-    256 samples: ``k = 4`` inputs, four tanh layers of width ``n``, one output. NumPy only
-    (numba and SciPy); elsewhere, and without them, the benchmark is skipped."""
+class CompiledNetwork:
+    """NumPy's compiled executor (``"numpy-compiled"``) on one thread, 256 samples: ``k = 4``
+    inputs, four layers of width ``n`` with the activation ``activation``, one output; value,
+    gradient and Hessian through ``ha.derivatives`` (forward mode). Skipped where the plan
+    would not run the compiled executor (numba or SciPy missing, or an activation it does not
+    serve)."""
 
-    params = ([32, 128],)
-    param_names = ["width"]
+    params = ([32, 128], list(ACTIVATIONS))
+    param_names = ["width", "activation"]
 
-    def setup(self, width):
-        from hessarray import _fused
-        from hessarray.engine import tanh_mlp
-
+    def setup(self, width, activation):
         rng = np.random.default_rng(0)
         dims = [TANGENTS] + [width] * 4
         layers = []
         for a, b in zip(dims[:-1], dims[1:]):
-            layers += [ha.Dense(rng.standard_normal((b, a)) / np.sqrt(a), 0.1 * rng.standard_normal(b)), ha.Tanh()]
-        layers.append(ha.Dense(rng.standard_normal((1, width)) / np.sqrt(width)))
-        self.layers = layers
+            dense = ha.Dense(rng.standard_normal((b, a)) / np.sqrt(a), 0.1 * rng.standard_normal(b))
+            layers += [dense, ACTIVATIONS[activation]()]
+        layers += [ha.Dense(rng.standard_normal((1, width)) / np.sqrt(width)), ha.Sum()]
+        self.model = ha.Sequential(*layers)
         self.x = rng.standard_normal((BATCH, TANGENTS))
-        self.run = tanh_mlp.tanh_mlp_derivatives
-        if not _fused.ENABLED or self.run(layers, self.x, "full") is None:  # also compiles it
-            raise NotImplementedError("the fused tanh-MLP kernel needs numba and SciPy")
+        self._threads = os.environ.get("HESSARRAY_THREADS")
+        os.environ["HESSARRAY_THREADS"] = "1"
+        runs = ha.plan(self.model, self.x, mode="forward").executor
+        if runs != "numpy-compiled":
+            self.teardown(width, activation)
+            raise NotImplementedError(f"the plan runs {runs!r} here, not the compiled executor")
+        ha.derivatives(self.model, self.x, mode="forward")  # compile (cached on disk) and warm up
 
-    def time_tanh_mlp(self, width):
-        """Values, adjoints, tangents and curvature of all layers, fused per tile."""
-        self.run(self.layers, self.x, "full")
+    def teardown(self, width, activation):
+        if self._threads is None:
+            os.environ.pop("HESSARRAY_THREADS", None)
+        else:
+            os.environ["HESSARRAY_THREADS"] = self._threads
+
+    def time_network(self, width, activation):
+        """Values, adjoints, tangents and curvature of all layers, compiled per tile."""
+        ha.derivatives(self.model, self.x, mode="forward")
