@@ -160,6 +160,9 @@ if numba is not None and HAVE_BLAS:
 
     # Reassociation vectorizes the sums (NaN and inf keep their IEEE behaviour).
     _jit = numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
+    # The per-sample helpers inlined where they are called: a call per sample costs as much as
+    # its loop.
+    _inline = numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"}, inline="always")
 
     @intrinsic
     def _claim(typingctx, counter, step):  # pragma: no cover - compiled
@@ -177,7 +180,7 @@ if numba is not None and HAVE_BLAS:
 
         return nbtypes.int64(counter, step), codegen
 
-    @_jit
+    @_inline
     def _pairs2(c, u0, u1):  # pragma: no cover - compiled
         """``Σ c u0 u0``, ``Σ c u0 u1``, ``Σ c u1 u1`` in one pass (a function of its own: within
         :func:`_curvature`'s many branches LLVM vectorizes this loop less well)."""
@@ -195,7 +198,7 @@ if numba is not None and HAVE_BLAS:
             a11 += cr * w1 * w1
         return a00, a01, a11
 
-    @_jit
+    @_inline
     def _dot3(c, p0, p1, p2):  # pragma: no cover - compiled
         """``Σ c p0``, ``Σ c p1``, ``Σ c p2`` in one pass."""
         zero = c.dtype.type(0)
@@ -209,7 +212,7 @@ if numba is not None and HAVE_BLAS:
             a2 += cr * p2[r]
         return a0, a1, a2
 
-    @_jit
+    @_inline
     def _scale2(d, s0, s1, t0, t1):  # pragma: no cover - compiled
         """``t0 = d s0``, ``t1 = d s1`` in one pass."""
         for r in range(d.shape[0]):
@@ -257,6 +260,16 @@ if numba is not None and HAVE_BLAS:
         ``(k, nt, n)``; ``cu``: scratch of ``3 k n``."""
         zero = u.dtype.type(0)
         stride = nt * n  # direction i of sample b: u[i·stride + b·n : … + n]
+        if not full and k <= 2 and m == 1:  # a PINN's Laplacian: both directions in one pass
+            for b in range(nt):
+                u0 = u[b * n : (b + 1) * n]
+                u1 = u[(k - 1) * stride + b * n : (k - 1) * stride + (b + 1) * n]
+                a00, _, a11 = _pairs2(c[b * n : (b + 1) * n], u0, u1)
+                db = diag[r0 + b, 0]
+                db[0] += a00
+                if k == 2:
+                    db[1] += a11
+            return
         if full and k <= 2 and m == 1:  # the common case, PINN-like: no branches per sample
             for b in range(nt):
                 u0 = u[b * n : (b + 1) * n]
