@@ -83,7 +83,7 @@ MAX_K = 24
 
 #: Most tangent directions whose curvature the compiled network kernel sums by loops
 #: (``k(k+1)/2`` dot products per sample); beyond it one BLAS product per sample wins.
-LOOP_K = 24
+LOOP_K = 64
 
 #: Samples per tile of the compiled network kernel (the most): a tile's values, adjoints and
 #: tangents stay in a core's L2 cache, against more, smaller GEMMs.
@@ -92,7 +92,7 @@ TILE = 64
 #: Bytes of a compiled tile's buffers (values, adjoints, tangents, φ', φ'' of every layer) the
 #: tile size is cut to, for many directions or wide layers: a tile that stays in a core's L2
 #: cache, against smaller GEMMs.
-TILE_BYTES = 3 << 19
+TILE_BYTES = 3 << 20
 
 #: Fewest samples per compiled tile, whatever :data:`TILE_BYTES` allows: below it a GEMM's rows
 #: are too few for BLAS.
