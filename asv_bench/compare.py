@@ -73,6 +73,7 @@ except ImportError:  # running from a checkout without installing it
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # doc_section, when imported from elsewhere
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmarks.common import compiled_flags, set_compiled  # noqa: E402
 from doc_section import markers, write_section  # noqa: E402
 
 LOG2 = math.log(2.0)
@@ -817,38 +818,6 @@ def versions() -> dict[str, str]:
             out[dist] = "not installed"
     out["hessarray compiled executor (numba)"] = "on" if any(compiled_flags().values()) else "off"
     return out
-
-
-#: The modules whose ``ENABLED`` lets NumPy's compiled executor run: ``hessarray._numpy``
-#: and, while it still exists, the module it replaces, ``hessarray._fused``.
-FLAG_MODULES = ("hessarray._numpy", "hessarray._fused")
-
-
-def compiled_flags() -> dict[str, bool]:
-    """``ENABLED`` of each of :data:`FLAG_MODULES` that exists here."""
-    import importlib
-
-    flags = {}
-    for name in FLAG_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        if hasattr(module, "ENABLED"):
-            flags[name] = bool(module.ENABLED)
-    return flags
-
-
-def set_compiled(flags: bool | dict[str, bool]) -> dict[str, bool]:
-    """Set ``ENABLED`` of every flag module (``False`` forces the portable executor on NumPy;
-    a dict from :func:`compiled_flags` restores each as it was); returns the old flags."""
-    import importlib
-
-    old = compiled_flags()
-    for name in old:
-        value = flags.get(name, old[name]) if isinstance(flags, dict) else bool(flags)
-        importlib.import_module(name).ENABLED = value
-    return old
 
 
 def matmul_rate(n: int, dtype: Any, threads: int, repeats: int = 5) -> float:

@@ -52,9 +52,8 @@ BACKENDS = ["numpy", "torch", "jax", "cupy", "torch:cuda", "jax:cuda"]
 EXECUTORS = ["numpy-compiled", "portable"]
 #: The activations of the models, each one hessarray layer.
 ACTIVATIONS = {"tanh": ha.Tanh, "sin": ha.Sin, "softplus": ha.Softplus, "silu": ha.SiLU, "sigmoid": ha.Sigmoid}
-#: The modules whose ``ENABLED`` lets NumPy's compiled executor run: ``hessarray._numpy`` and,
-#: while it still exists, the module it replaces, ``hessarray._fused``.
-FLAG_MODULES = ("hessarray._numpy", "hessarray._fused")
+#: The modules whose ``ENABLED`` lets NumPy's compiled executor run.
+FLAG_MODULES = ("hessarray._numpy",)
 
 # Import the optional libraries once, up front: with asv's "forkserver" launch method (set in
 # asv.conf.json) every benchmark process is forked from one that has them loaded already,

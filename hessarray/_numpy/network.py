@@ -94,14 +94,15 @@ def run(prog: Program, x: Any, part: str, workers: int, tile: int, v: Any = None
         hess = numpy.empty((batch if full else 0, m, k, k), dtype)
     diag = numpy.empty((batch if mode == DIAGONAL else 0, m, k), dtype)
     pairs = _seed_pairs(prog, full)
+    size = _tuple_size(max(len(prog.weights), len(prog.biases)))
     args = (
         kernel_array(x),
         prog.ops,
         prog.fparams,
-        tuple(prog.weights),
-        tuple(prog.transposed),
-        tuple(prog.biases),
-        tuple(prog.seeds),
+        _padded(prog.weights, size),
+        _padded(prog.transposed, size),
+        _padded(prog.biases, size),
+        _padded(prog.seeds, size),
         pairs,
         prog.g_last,
         prog.b_out,
@@ -130,6 +131,20 @@ def run(prog: Program, x: Any, part: str, workers: int, tile: int, v: Any = None
         with batching.serial_blas() if big else nullcontext():
             _network(*args, tile, counter)
     return y, jac, diag if mode == DIAGONAL else hess
+
+
+def _tuple_size(n: int) -> int:
+    """The length the kernel's tuples of arrays are padded to: numba compiles a kernel apart
+    for each length, so lengths come in powers of two, at least 8 (a few compilations for all
+    depths, not one per depth)."""
+    return max(8, 1 << (n - 1).bit_length())
+
+
+def _padded(items: list, size: int) -> tuple:
+    """``items`` as a tuple of ``size`` arrays, the missing ones a small array of their kind
+    (never read: the program indexes only its own)."""
+    filler = numpy.zeros((1,) * items[0].ndim, items[0].dtype)
+    return (*items, *([filler] * (size - len(items))))
 
 
 def _seed_pairs(prog: Program, full: bool) -> Any:
