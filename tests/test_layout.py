@@ -20,8 +20,6 @@ PACKAGE = Path(__file__).resolve().parent.parent / "hessarray"
 NUMPY_HOME = ("_numpy/", "_delegation.py")
 #: Modules that may import ``hessarray._numpy``: the delegation module and the executor registry.
 MAY_IMPORT_NUMPY_PACKAGE = {"_delegation.py", "engine/executors.py"}
-#: Compiled whole-network paths about to be removed (their code moves into ``_numpy/``).
-LEAVING = {"engine/tanh_mlp.py", "engine/tanh_resnet.py"}
 #: Modules that use NumPy as a host tool (reading and writing ``.npz`` files, converting to and
 #: from NumPy, moving arrays to the host, the self-check, Dask's object ``meta``): they tell
 #: NumPy arrays apart on purpose, and may import ``numpy``.
@@ -36,7 +34,7 @@ CHECKS = {"is_numpy_namespace", "is_numpy_array"}
 
 def _modules() -> list[str]:
     names = sorted(p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py"))
-    return [n for n in names if not n.startswith(NUMPY_HOME) and n not in LEAVING]
+    return [n for n in names if not n.startswith(NUMPY_HOME)]
 
 
 def _tree(name: str) -> ast.Module:
@@ -151,3 +149,41 @@ def test_the_checks_catch_numpy_branches():
     assert all("line 4" not in f for f in found), "annotations are no type tests"
     assert "hessarray._numpy" in _imported_modules("layers/x.py", ast.parse(code))
     assert "hessarray._numpy.loops" in _imported_modules("engine/y.py", ast.parse("from .._numpy import loops"))
+
+
+#: The concrete layer classes: no module may recognize one of them by type (the engine and the
+#: executors see layers only through the contract, ``Layer.lower`` included).
+CONCRETE = {
+    name
+    for name in dir(__import__("hessarray").layers)
+    if isinstance(getattr(__import__("hessarray").layers, name), type)
+    and name not in ("Layer", "Activation", "Reduction")
+}
+
+
+def _type_matches(tree: ast.AST) -> list[str]:
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare) and isinstance(node.left, ast.Call):
+            call = node.left
+            if getattr(call.func, "id", None) == "type" and any(isinstance(op, (ast.Is, ast.Eq)) for op in node.ops):
+                found += [c.id for c in node.comparators if isinstance(c, ast.Name) and c.id in CONCRETE]
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "isinstance" and len(node.args) == 2:
+            kinds = node.args[1].elts if isinstance(node.args[1], ast.Tuple) else [node.args[1]]
+            found += [k.id for k in kinds if isinstance(k, ast.Name) and k.id in CONCRETE]
+    return found
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_module_matches_a_layer_type(path):
+    assert _type_matches(ast.parse(path.read_text())) == [], "match layers through the contract, not by type"
+
+
+def test_no_module_is_named_after_an_activation():
+    activations = {"tanh", "sigmoid", "softplus", "silu", "elu", "relu", "logcosh", "sin", "cos", "exp", "square"}
+    named = [p for p in PACKAGE.rglob("*.py") if any(part in activations for part in p.stem.lower().split("_"))]
+    assert named == []
+
+
+def test_the_type_check_catches_a_match():
+    assert _type_matches(ast.parse("if type(layer) is Tanh: pass\nisinstance(x, (Dense, int))")) == ["Tanh", "Dense"]

@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy
 
 from .. import _numpy
+from .._backend import symmetrize
 from ..engine.batching import map_blocks
+from ..engine.forward import map_back
 from ..engine.plan import remembered
 from ..tuning import TILE
 from . import network
@@ -30,10 +33,15 @@ def lowered(layers: list, x: Any) -> Program | None:
         return None
     if x.dtype not in _numpy.FLOATS or x.shape[0] == 0:
         return None
-    # Lowered once per chain, width and dtype (layers are immutable); each call takes the
-    # layers' arrays as they are now.
-    prog = remembered(_PROGRAMS, layers, (x.shape[1], x.dtype), lambda: lower_network(layers, x, CODES))
+    prog = _structure(layers, x.shape[1], x.dtype)
     return None if prog is None else prog.with_arrays(layers)
+
+
+def _structure(layers: list, d: int, dtype: Any) -> Program | None:
+    """The program of ``layers`` with the arrays it was lowered with: lowered once per chain,
+    width and dtype (layers are immutable); each call takes the layers' arrays as they are
+    now (:meth:`~.lowering.Program.with_arrays`)."""
+    return remembered(_PROGRAMS, layers, (d, dtype), lambda: lower_network(layers, numpy.empty((1, d), dtype), CODES))
 
 
 _PROGRAMS: dict = {}
@@ -57,7 +65,9 @@ class NumpyCompiled:
         return lowered(layers, x) is not None
 
     def _program(self, layers: list, d: int, item: int) -> Program | None:
-        return lowered(layers, numpy.empty((1, d), _DTYPES[item]))
+        if not (_numpy.ENABLED and network.HAVE_BLAS):
+            return None
+        return _structure(layers, d, _DTYPES[item])
 
     def tile_rows(self, layers: list, d: int, item: int) -> int:
         """Samples per tile for this network (:func:`.network.tile_rows`)."""
@@ -97,23 +107,16 @@ class NumpyCompiled:
                 return y, hv @ prog.outer if narrowed else hv
             y, jac, h = network.run(prog, xb, "full" if narrowed or part == "full" else "diag", plan.workers, plan.tile)
             if narrowed:  # back from the first layer's outputs to the input: J W₀, W₀ᵀ H W₀
-                w0 = prog.outer
-                jac = jac @ w0
-                if part == "trace":
-                    h = numpy.sum(h * (w0 @ w0.T), axis=(-2, -1))
-                elif part == "diag":
-                    h = numpy.sum((h @ w0) * w0, axis=-2)
-                else:
-                    h = numpy.swapaxes(h @ w0, -1, -2) @ w0
-                    h = 0.5 * (h + numpy.swapaxes(h, -1, -2))
+                jac = jac @ prog.outer
+                h = map_back(numpy, h, prog.outer.T, part)
+                if part == "full":
+                    h = symmetrize(numpy, h, owned=True)
             elif part == "trace":
                 h = numpy.sum(h, axis=-1)
             return (y, jac, h) if part == "full" else (y, h)
 
         # Chunks one after another (one block in flight), each call sharing its tiles among
         # the plan's threads.
-        from dataclasses import replace
-
         one = replace(plan, workers=1)
         joins = ("cat", "cat", "cat") if part == "full" else ("cat", "cat")
         extra = () if v is None else (v,)
