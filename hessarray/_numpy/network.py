@@ -213,28 +213,6 @@ if numba is not None and HAVE_BLAS:
             a11 += cr * w1 * w1
         return a00, a01, a11
 
-    @_inline
-    def _dot3(c, p0, p1, p2):  # pragma: no cover - compiled
-        """``Σ c p0``, ``Σ c p1``, ``Σ c p2`` in one pass."""
-        zero = c.dtype.type(0)
-        a0 = zero
-        a1 = zero
-        a2 = zero
-        for r in range(c.shape[0]):
-            cr = c[r]
-            a0 += cr * p0[r]
-            a1 += cr * p1[r]
-            a2 += cr * p2[r]
-        return a0, a1, a2
-
-    @_inline
-    def _scale2(d, s0, s1, t0, t1):  # pragma: no cover - compiled
-        """``t0 = d s0``, ``t1 = d s1`` in one pass."""
-        for r in range(d.shape[0]):
-            dr = d[r]
-            t0[r] = dr * s0[r]
-            t1[r] = dr * s1[r]
-
     @_jit
     def _curvature_hvp(u, c, hv, v, r0, nt, m, k, n, w):  # pragma: no cover - compiled
         """Add ``Σ_r c[b, o, r] (Σ_j v[b, p, j] u[j, b, r]) u[i, b, r]`` to ``hv[b, o, p, i]``: the
@@ -275,26 +253,32 @@ if numba is not None and HAVE_BLAS:
         ``(k, nt, n)``; ``cu``: scratch of ``3 k n``."""
         zero = u.dtype.type(0)
         stride = nt * n  # direction i of sample b: u[i·stride + b·n : … + n]
-        if not full and k <= 2 and m == 1:  # a PINN's Laplacian: both directions in one pass
+        if k <= 2 and m == 1:  # the common case, PINN-like: both directions in one pass
+            # (tile-wide 2-D views indexed by loop variables: no view made per sample)
+            u0 = u[:stride].reshape((nt, n))
+            u1 = u[(k - 1) * stride : k * stride].reshape((nt, n))
+            cm = c[:stride].reshape((nt, n))
             for b in range(nt):
-                u0 = u[b * n : (b + 1) * n]
-                u1 = u[(k - 1) * stride + b * n : (k - 1) * stride + (b + 1) * n]
-                a00, _, a11 = _pairs2(c[b * n : (b + 1) * n], u0, u1)
-                db = diag[r0 + b, 0]
-                db[0] += a00
-                if k == 2:
-                    db[1] += a11
-            return
-        if full and k <= 2 and m == 1:  # the common case, PINN-like: no branches per sample
-            for b in range(nt):
-                u0 = u[b * n : (b + 1) * n]
-                u1 = u[(k - 1) * stride + b * n : (k - 1) * stride + (b + 1) * n]
-                a00, a01, a11 = _pairs2(c[b * n : (b + 1) * n], u0, u1)
-                hb = h[r0 + b, 0]
-                hb[0, 0] += a00
-                if k == 2:
-                    hb[0, 1] += a01
-                    hb[1, 1] += a11
+                a00 = zero
+                a01 = zero
+                a11 = zero
+                for r in range(n):
+                    cr = cm[b, r]
+                    w0 = u0[b, r]
+                    w1 = u1[b, r]
+                    c0 = cr * w0
+                    a00 += c0 * w0
+                    a01 += c0 * w1
+                    a11 += cr * w1 * w1
+                if full:
+                    h[r0 + b, 0, 0, 0] += a00
+                    if k == 2:
+                        h[r0 + b, 0, 0, 1] += a01
+                        h[r0 + b, 0, 1, 1] += a11
+                else:
+                    diag[r0 + b, 0, 0] += a00
+                    if k == 2:
+                        diag[r0 + b, 0, 1] += a11
             return
         ub = cu[k * n : 2 * k * n]  # a sample's rows, gathered where read more than once
         for b in range(nt):
@@ -467,14 +451,12 @@ if numba is not None and HAVE_BLAS:
                     wt = wts[ops[p, WEIGHT]]
                     if src < 0 and nin <= 16:  # few inputs: a loop beats a product of depth nin
                         for b in range(nt):
-                            ob = out[b]
                             for r in range(nout):
-                                ob[r] = zero
+                                out[b, r] = zero
                             for i in range(nin):
                                 xi = xt[b, i]
-                                wi = wt[i]
                                 for r in range(nout):
-                                    ob[r] += xi * wi[r]
+                                    out[b, r] += xi * wt[i, r]
                     elif src < 0:
                         numpy.dot(xt, wt, out)
                     else:
@@ -482,9 +464,8 @@ if numba is not None and HAVE_BLAS:
                     if ops[p, BIAS] >= 0:
                         bias = biases[ops[p, BIAS]]
                         for b in range(nt):
-                            ob = out[b]
                             for r in range(nout):
-                                ob[r] += bias[r]
+                                out[b, r] += bias[r]
                 elif op == POINTWISE:
                     a = ops[p, ACT]
                     q = nt * nout
@@ -506,11 +487,10 @@ if numba is not None and HAVE_BLAS:
                 else:  # COPY
                     vd = vals[dst, : nt * nin]
                     if src < 0:
+                        vm = vd.reshape((nt, nin))
                         for b in range(nt):
-                            vb = vd[b * nin : (b + 1) * nin]
-                            xb = xt[b]
                             for r in range(nin):
-                                vb[r] = xb[r]
+                                vm[b, r] = xt[b, r]
                     else:
                         vs = vals[src, : nt * nin]
                         for q in range(nt * nin):
@@ -518,17 +498,15 @@ if numba is not None and HAVE_BLAS:
             v = vals[final]
             g = grads[final]
             if end == LINEAR:
+                vm = v[: nt * nf].reshape((nt, nf))
+                gm = g[: nt * m * nf].reshape((nt * m, nf))
                 for b in range(nt):
-                    vb = v[b * nf : (b + 1) * nf]
                     for o in range(m):
-                        go = g_last[o]
                         acc = b_out[o]
                         for r in range(nf):
-                            acc += vb[r] * go[r]
+                            acc += vm[b, r] * g_last[o, r]
+                            gm[b * m + o, r] = g_last[o, r]
                         y[r0 + b, o] = acc
-                        gb = g[(b * m + o) * nf : (b * m + o + 1) * nf]
-                        for r in range(nf):
-                            gb[r] = go[r]
             else:  # mean squared error: g = (2/n)(v - target), its Hessian (2/n) I
                 scale = dt.type(2.0 / nf)
                 for b in range(nt):
@@ -645,11 +623,23 @@ if numba is not None and HAVE_BLAS:
                         _curvature_hvp(tans[src], cs[a], hess, vdirs, r0, nt, m, k, n, cu)
                     elif ops[p, CURVED] != 0:
                         if seeded == 1 and npairs == 3:  # k = 2: the three pairs in one pass
+                            cm = cs[a, : nt * m * n].reshape((nt * m, n))
+                            po = pair_out[: nt * m * 3].reshape((nt * m, 3))
+                            p0 = pairs[0]
+                            p1 = pairs[1]
+                            p2 = pairs[2]
                             for row in range(nt * m):
-                                pr = pair_out[row * 3 : row * 3 + 3]
-                                pr[0], pr[1], pr[2] = _dot3(
-                                    cs[a, row * n : (row + 1) * n], pairs[0], pairs[1], pairs[2]
-                                )
+                                a0 = zero
+                                a1 = zero
+                                a2 = zero
+                                for r in range(n):
+                                    cr = cm[row, r]
+                                    a0 += cr * p0[r]
+                                    a1 += cr * p1[r]
+                                    a2 += cr * p2[r]
+                                po[row, 0] = a0
+                                po[row, 1] = a1
+                                po[row, 2] = a2
                         elif seeded == 1 and npairs <= 6:  # few pairs: a dot product each per sample
                             for row in range(nt * m):
                                 cr = cs[a, row * n : (row + 1) * n]
@@ -670,18 +660,16 @@ if numba is not None and HAVE_BLAS:
                             po = pair_out[: nt * m * npairs].reshape((nt * m, npairs))
                             for b in range(nt):
                                 for o in range(m):
-                                    pr = po[b * m + o]
+                                    row = b * m + o
                                     if full:
-                                        hb = hess[r0 + b, o]
                                         q = 0
                                         for i in range(k):
                                             for j in range(i, k):
-                                                hb[i, j] += pr[q]
+                                                hess[r0 + b, o, i, j] += po[row, q]
                                                 q += 1
                                     else:
-                                        db = diag[r0 + b, o]
                                         for i in range(k):
-                                            db[i] += pr[i]
+                                            diag[r0 + b, o, i] += po[row, i]
                         elif seeded == 2:  # identity seeds: the curvature is diag(c)
                             for b in range(nt):
                                 for o in range(m):
@@ -695,17 +683,17 @@ if numba is not None and HAVE_BLAS:
                         else:
                             _curvature(tans[src], cs[a], hess, diag, r0, nt, m, k, n, full, hk, cu)
                     d1 = d1s[a, : nt * n]
-                    if seeded == 1 and k == 2:  # both directions in one pass per sample
+                    if seeded == 1 and k == 2:  # both directions in one pass
                         s0 = seeds[ops[p, WEIGHT]][0]
                         s1 = seeds[ops[p, WEIGHT]][1]
+                        dm = d1.reshape((nt, n))
+                        t0 = tans[src, : nt * n].reshape((nt, n))
+                        t1 = tans[src, nt * n : 2 * nt * n].reshape((nt, n))
                         for b in range(nt):
-                            _scale2(
-                                d1[b * n : (b + 1) * n],
-                                s0,
-                                s1,
-                                tans[src, b * n : (b + 1) * n],
-                                tans[src, (nt + b) * n : (nt + b + 1) * n],
-                            )
+                            for r in range(n):
+                                dr = dm[b, r]
+                                t0[b, r] = dr * s0[r]
+                                t1[b, r] = dr * s1[r]
                         continue
                     if seeded == 0 and k == 2:  # both directions in one pass: d1 read once
                         t0 = tans[src, : nt * n]
@@ -745,15 +733,15 @@ if numba is not None and HAVE_BLAS:
                         td[q] = ts[q]
             # -- the Jacobian, the end's own curvature, the lower triangle ------------------------
             t = tans[final]
+            tm = t[: k * nt * nf].reshape((k * nt, nf))  # row i·nt + b
+            fm = g_last if end == LINEAR else gfin[: nt * nf].reshape((nt, nf))
             for b in range(nt):
                 for o in range(m):
-                    go = g_last[o] if end == LINEAR else gfin[b * nf : (b + 1) * nf]
+                    row = o if end == LINEAR else b
                     for i in range(k):
-                        lo = (i * nt + b) * nf
-                        ti = t[lo : lo + nf]
                         acc = zero
                         for r in range(nf):
-                            acc += ti[r] * go[r]
+                            acc += tm[i * nt + b, r] * fm[row, r]
                         jac[r0 + b, o, i] = acc
             if end != LINEAR:
                 scale = dt.type(2.0 / nf)
@@ -766,7 +754,6 @@ if numba is not None and HAVE_BLAS:
             if full:
                 for b in range(nt):
                     for o in range(m):
-                        hb = hess[r0 + b, o]
                         for i in range(k):
                             for j in range(i):
-                                hb[i, j] = hb[j, i]
+                                hess[r0 + b, o, i, j] = hess[r0 + b, o, j, i]
