@@ -213,7 +213,7 @@ def run_shared(fn: Callable[[], Any], workers: int) -> None:
     pool, BLAS limited to one thread, and return when every call has returned.
 
     For work that the calls share out among themselves (tiles claimed from a shared counter,
-    see :mod:`.tanh_mlp`): a core that is slowed down, or a thread that starts late, then takes
+    see :mod:`hessarray._numpy.network`): a core that is slowed down, or a thread that starts late, then takes
     fewer tiles instead of holding up the others. Below a pool thread (or with one worker)
     ``fn`` runs once, on this thread, with BLAS as the caller left it.
     """
