@@ -79,8 +79,11 @@ class Program:
         weights, transposed, biases = list(self.weights), list(self.transposed), list(self.biases)
         for (w_at, b_at), step in zip(self.affines, affines):
             w = kernel_array(step.weight, dtype=dtype)
-            # Wᵀ copied contiguous: numba's product with a transposed view is slower.
-            weights[w_at], transposed[w_at] = w, kernel_array(w.T)
+            # Wᵀ copied contiguous: numba's product with a transposed view is slower. (A last
+            # dense step folded into g_last has no product.)
+            weights[w_at] = w
+            if w_at != self.folded:
+                transposed[w_at] = kernel_array(w.T)
             if b_at >= 0:
                 biases[b_at] = kernel_array(step.bias, dtype=dtype)
         out = copy.copy(self)

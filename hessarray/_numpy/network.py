@@ -93,7 +93,6 @@ def run(prog: Program, x: Any, part: str, workers: int, tile: int, v: Any = None
         v = numpy.zeros((0, 1, 1), dtype)
         hess = numpy.empty((batch if full else 0, m, k, k), dtype)
     diag = numpy.empty((batch if mode == DIAGONAL else 0, m, k), dtype)
-    pairs = _seed_pairs(prog, full)
     size = _tuple_size(max(len(prog.weights), len(prog.biases)))
     args = (
         kernel_array(x),
@@ -103,7 +102,6 @@ def run(prog: Program, x: Any, part: str, workers: int, tile: int, v: Any = None
         _padded(prog.transposed, size),
         _padded(prog.biases, size),
         _padded(prog.seeds, size),
-        pairs,
         prog.g_last,
         prog.b_out,
         prog.target,
@@ -143,27 +141,12 @@ def _tuple_size(n: int) -> int:
 def _padded(items: list, size: int) -> tuple:
     """``items`` as a tuple of ``size`` arrays, the missing ones a small array of their kind
     (never read: the program indexes only its own)."""
-    filler = numpy.zeros((1,) * items[0].ndim, items[0].dtype)
-    return (*items, *([filler] * (size - len(items))))
+    return (*items, *([_filler(items[0].ndim, items[0].dtype)] * (size - len(items))))
 
 
-def _seed_pairs(prog: Program, full: bool) -> Any:
-    """``(P, n)``: for the pointwise step that reads shared seeds ``S`` ``(k, n)``, the products
-    ``S_ir S_jr`` of every pair ``i ≤ j`` (the diagonal's ``i = j`` only), so that its curvature
-    for a whole tile is one product ``c (n_tile·m, n) @ pairsᵀ``."""
-    seeded = prog.ops[:, SEEDED] == 1
-    if not seeded.any():
-        return numpy.zeros((1, 1), prog.g_last.dtype)
-    s = prog.seeds[int(prog.ops[seeded, WEIGHT][0])]
-    if not full:
-        return s * s
-    i, j = _upper(s.shape[0])
-    return s[i] * s[j]
-
-
-@functools.lru_cache(maxsize=64)
-def _upper(k: int) -> tuple[Any, Any]:
-    return numpy.triu_indices(k)
+@functools.lru_cache(maxsize=16)
+def _filler(ndim: int, dtype: Any) -> Any:
+    return numpy.zeros((1,) * ndim, dtype)
 
 
 if numba is not None and HAVE_BLAS:
@@ -395,7 +378,6 @@ if numba is not None and HAVE_BLAS:
         wts,
         biases,
         seeds,
-        pairs,
         g_last,
         b_out,
         target,
@@ -435,7 +417,24 @@ if numba is not None and HAVE_BLAS:
         gfin = numpy.empty(tile * nf, dt)  # the adjoint at the end (squared error)
         cu = numpy.empty(3 * k * width, dt)
         hk = numpy.empty((k, k), dt)
-        npairs = pairs.shape[0]
+        # The seeded step's products S_ir S_jr of its seeds' pairs i ≤ j (the diagonal: i = j),
+        # so that its curvature is one product c @ pairsᵀ per tile; made once per call.
+        seed_at = -1
+        for p in range(n_ops):
+            if ops[p, SEEDED] == 1:
+                seed_at = ops[p, WEIGHT]
+        npairs = 1
+        pairs = numpy.zeros((1, 1), dt)
+        if seed_at >= 0:
+            s = seeds[seed_at]
+            npairs = k * (k + 1) // 2 if full else k
+            pairs = numpy.empty((npairs, s.shape[1]), dt)
+            q = 0
+            for i in range(k):
+                for j in range(i, k if full else i + 1):
+                    for r in range(s.shape[1]):
+                        pairs[q, r] = s[i, r] * s[j, r]
+                    q += 1
         pair_out = numpy.empty(tile * m * npairs, dt)
         while True:  # the next unclaimed tile, until none is left
             r0 = _claim(counter, tile)
