@@ -75,14 +75,11 @@ if numba is not None:
 
     @_jit
     def _sigmoid_rows(z, bias, d1, d2, curved):  # pragma: no cover - compiled
-        one = z.dtype.type(1.0)
         zero = z.dtype.type(0.0)
         for b in range(z.shape[0]):
             for r in range(z.shape[1]):
                 v = z[b, r] + bias[r]
-                e = vmath.exp(-abs(v))
-                sp = one / (one + e)
-                sn = e * sp
+                _, sp, sn = vmath.logistic(v)
                 pos = v >= zero
                 ds = sp * sn
                 z[b, r] = sp if pos else sn
@@ -92,14 +89,11 @@ if numba is not None:
 
     @_jit
     def _softplus_rows(z, bias, d1, d2, curved, beta):  # pragma: no cover - compiled
-        one = z.dtype.type(1.0)
         zero = z.dtype.type(0.0)
         for b in range(z.shape[0]):
             for r in range(z.shape[1]):
                 bz = beta * (z[b, r] + bias[r])
-                e = vmath.exp(-abs(bz))
-                sp = one / (one + e)
-                sn = e * sp
+                e, sp, sn = vmath.logistic(bz)
                 z[b, r] = ((bz if bz > zero else zero) + vmath.log1p(e)) / beta
                 d1[b, r] = sp if bz >= zero else sn
                 if curved:
@@ -107,15 +101,12 @@ if numba is not None:
 
     @_jit
     def _silu_rows(z, bias, d1, d2, curved):  # pragma: no cover - compiled
-        one = z.dtype.type(1.0)
         two = z.dtype.type(2.0)
         zero = z.dtype.type(0.0)
         for b in range(z.shape[0]):
             for r in range(z.shape[1]):
                 v = z[b, r] + bias[r]
-                e = vmath.exp(-abs(v))
-                sp = one / (one + e)
-                sn = e * sp
+                _, sp, sn = vmath.logistic(v)
                 pos = v >= zero
                 s = sp if pos else sn
                 ds = sp * sn

@@ -286,6 +286,16 @@ if numba is not None:
     def _out_of_range32(x):  # pragma: no cover - compiled
         return abs(x) > f32(SINCOS_LIMIT32)
 
+    def _logistic64(x):  # pragma: no cover - compiled
+        e = exp(-abs(x))  # (the overload below, resolved when this compiles)
+        sp = 1.0 / (1.0 + e)
+        return e, sp, e * sp
+
+    def _logistic32(x):  # pragma: no cover - compiled
+        e = exp(-abs(x))
+        sp = f32(1.0) / (f32(1.0) + e)
+        return e, sp, e * sp
+
     def _by_dtype(impl64, impl32, name: str, doc: str):
         """A function for compiled code that runs ``impl64`` on float64, ``impl32`` on float32."""
 
@@ -309,6 +319,12 @@ if numba is not None:
     exp = _by_dtype(_exp64, _exp32, "exp", "``e^x``: inf above the largest float, 0 below the smallest.")
     expm1 = _by_dtype(_expm1_64, _expm1_32, "expm1", "``e^x - 1``, accurate near 0.")
     log1p = _by_dtype(_log1p64, _log1p32, "log1p", "``log(1 + u)`` for ``0 ≤ u ≤ 1`` (only).")
+    logistic = _by_dtype(
+        _logistic64,
+        _logistic32,
+        "logistic",
+        "``(e, σ(|x|), σ(-|x|))`` with ``e = exp(-|x|)``: the logistic function in both tails, accurate in each.",
+    )
     sincos = _by_dtype(
         _sincos64,
         _sincos32,
