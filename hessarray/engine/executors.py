@@ -10,7 +10,7 @@ An executor is one way of running a :class:`~hessarray.engine.plan.Plan`:
   the threads. It applies to every model whose layers lower to the kernel's steps through the
   layer contract (:meth:`~hessarray.layers.base.Layer.lower`: dense layers, every built-in
   activation, residual blocks of those, ``Sum``, ``MSELoss``) on NumPy float input, for the
-  full Hessian, its diagonal or its trace in the forward mode.
+  full Hessian, its diagonal, its trace or Hessian-vector products in the forward mode.
 
 Each executor says whether it applies (:meth:`Executor.applies`, from the layers' structure,
 shapes and dtype, never array values), what a call holds in memory besides its outputs
@@ -42,8 +42,9 @@ class Executor(Protocol):
 
     #: The name a :class:`~hessarray.engine.plan.Plan` gives it (its ``executor``).
     name: str
-    #: Samples per tile where the executor runs the batch in tiles of its own (the most; see
-    #: ``tile_rows``), else ``None``.
+    #: Samples per tile where the executor runs the batch in tiles of its own (the most; such an
+    #: executor also has ``tile_rows(layers, d, item)``, the plan's tile for a network), else
+    #: ``None``.
     tile: int | None
 
     def applies(self, layers: list[Layer], x: Any, part: str, mode: str) -> bool:
