@@ -108,6 +108,11 @@ REDUCED_BYTES = 16 << 20
 #: splitting a tile's product over threads costs more than it gains.
 BLAS_THREADED_WORK = 1 << 18
 
+#: Rows of a tile's products (samples × directions) from which the compiled kernel multiplies by
+#: weights' transposes copied per call: below it numba's product with a transposed view is as
+#: fast, and the copies would cost more than they gain.
+TRANSPOSED_ROWS = 64
+
 # -- glibc's allocator on CPUs (_numpy/allocator.py) ----------------------------------------------
 
 #: Arrays up to this size come from the heap, not from ``mmap``: freed temporaries are reused

@@ -235,3 +235,21 @@ def test_switched_off_runs_portable(monkeypatch):
     rng = np.random.default_rng(7)
     model = ha.Sequential(_dense(rng, 2, 4, True), ha.Tanh(), _dense(rng, 4, 1, True))
     assert ha.plan(model, rng.standard_normal((5, 2))).executor == "portable"
+
+
+@pytest.mark.parametrize("weights", [np.float64, np.float32], ids=["own_arrays", "copied_arrays"])
+@pytest.mark.parametrize("batch", [5, 300], ids=["transposed_views", "transposed_copies"])
+def test_weights_written_in_place_are_seen(portable, weights, batch):
+    """The compiled program holds the layers' own arrays, or copies made per call: a weight
+    written in place between two calls is seen, as the portable executor sees it."""
+    rng = np.random.default_rng(5)
+    first, hidden = _dense(rng, 2, 16, True), _dense(rng, 16, 16, True)
+    model = _cast([first, ha.Tanh(), hidden, ha.Softplus(), _dense(rng, 16, 1, True)], weights)
+    x = rng.standard_normal((batch, 2))
+    before = ha.derivatives(model, x)
+    for layer in (model.layers[0], model.layers[2]):
+        layer.weight[...] *= 1.5
+        layer.bias[...] += 0.25
+    fast, slow = _both(model, x, _derivatives, portable)
+    _close(fast, slow, np.float64)
+    assert not np.allclose(before.hessian, fast[2])

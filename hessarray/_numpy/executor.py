@@ -91,8 +91,9 @@ class NumpyCompiled:
         elif part != "full":
             per_sample = item * m * 2 * k
         buffers = prog.width * (prog.slots * (1 + m + k) + prog.acts * (2 + m) + max(m, k) + k)
-        # A call's own copies: the weights' transposes and the seeds' pair products.
-        copies = 2 * sum(w.size for w in prog.weights) + prog.width * k * (k + 1) // 2
+        # A call's own arrays: the seed's transpose and pair products, the weights' transposes,
+        # and copies of weights of another dtype or layout.
+        copies = prog.width * k * (k + 3) // 2 + sum(w.size for w in prog.weights) * (1 + prog.copies)
         return item * (tile * buffers + k * k + tile * m * k * (k + 1) // 2 + copies), per_sample
 
     def run(self, layers: list, x: Any, xp: Any, plan: Any, part: str, progress: Any = None, v: Any = None) -> tuple:

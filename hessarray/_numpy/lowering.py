@@ -11,9 +11,9 @@ per instruction, columns :data:`OP` … :data:`CURVED`:
   pointwise step follows on its output, the bias is added there (``BIAS = -1`` here).
 - ``POINTWISE``: ``slot[SRC] = φ(slot[SRC] + b)`` in place, keeping ``φ'`` and ``φ''`` in the
   activation's rows (``ACT``). ``SEEDED``: its input's tangents are the same for every sample,
-  ``seeds[WEIGHT]`` (``1``) or the identity (``2``), and are never formed.
+  the program's seed (``1``) or the identity (``2``), and are never formed.
 - ``ADD``: ``slot[DST] += h · slot[SRC]``, a residual block's end.
-- ``COPY``: ``slot[DST] = slot[SRC]`` (``SRC = -1``: the input, tangents ``seeds[SEED]``).
+- ``COPY``: ``slot[DST] = slot[SRC]`` (``SRC = -1``: the input, tangents the seed's where ``SEED = 0``).
 
 ``ACC`` marks an instruction whose adjoint adds to its input slot's (a skip's, which the
 block's ``ADD`` has already given one).
@@ -44,9 +44,8 @@ class Program:
     ops: Any  # (L, 13) int64
     fparams: Any  # (L, 2) float64: a pointwise step's constants, a block's h
     weights: list = field(default_factory=list)  # W (out, in), C-contiguous
-    transposed: list = field(default_factory=list)  # Wᵀ (in, out), C-contiguous
     biases: list = field(default_factory=list)  # (n,)
-    seeds: list = field(default_factory=list)  # (k, n): tangents shared by all samples
+    seed: Any = None  # (n, k): column i the tangent of direction i, shared by all samples
     slots: int = 0
     acts: int = 0
     width: int = 1
@@ -64,32 +63,33 @@ class Program:
     affines: list = field(default_factory=list)  # (weight index, bias index or -1)
     folded: int = -1  # the weight index of a last dense step folded into g_last
     total: bool = False  # a Sum at the end
-    seed_weight: int = -1  # the weight whose transpose are the seeds (else the identity)
+    seed_weight: int = -1  # the weight that is the seed (else the identity)
+    # Whether an array is a copy of a layer's (another dtype or layout) or derived from one (a
+    # sum's folded weight): then each call makes them again (:meth:`with_arrays`).
+    copies: bool = False
+    kernel_args: Any = None  # the padded tuples the kernel takes (:func:`.network.run`)
 
     def with_arrays(self, layers: list) -> Program:
-        """This program with ``layers``' current arrays (the same structure, lowered again only
-        as far as the steps, which are cheap): weights and biases as the kernel takes them and
-        what derives from them. NumPy arrays are layers' own where they already are C-contiguous
-        and of the program's dtype; the transposes are copies made per call."""
+        """This program with ``layers``' current arrays, so that a call sees a layer's arrays as
+        they are now, written in place or not. Where the program holds the layers' own arrays
+        (C-contiguous, of its dtype) it is itself; else the steps are lowered again (cheap) and
+        the copies made from them."""
+        if not self.copies:
+            return self
         dtype = self.g_last.dtype
         steps: list = []
         for layer in layers:
             steps.extend(layer.lower())
         affines = list(_affine_steps(steps))
-        weights, transposed, biases = list(self.weights), list(self.transposed), list(self.biases)
+        weights, biases = list(self.weights), list(self.biases)
         for (w_at, b_at), step in zip(self.affines, affines):
-            w = kernel_array(step.weight, dtype=dtype)
-            # Wᵀ copied contiguous: numba's product with a transposed view is slower. (A last
-            # dense step folded into g_last has no product.)
-            weights[w_at] = w
-            if w_at != self.folded:
-                transposed[w_at] = kernel_array(w.T)
+            weights[w_at] = kernel_array(step.weight, dtype=dtype)
             if b_at >= 0:
                 biases[b_at] = kernel_array(step.bias, dtype=dtype)
         out = copy.copy(self)
-        out.weights, out.transposed, out.biases = weights, transposed, biases
+        out.weights, out.biases, out.kernel_args = weights, biases, None
         if self.seed_weight >= 0:
-            out.seeds = [transposed[self.seed_weight]]
+            out.seed = weights[self.seed_weight]
         if self.outer is not None:
             out.outer = weights[self.affines[0][0]]
         if self.end == SQUARED_ERROR:
@@ -137,7 +137,9 @@ class _Builder:
         """``a`` as a C-contiguous NumPy array of the program's dtype, ``None`` for another library's."""
         if type(a) is not numpy.ndarray:
             return None
-        return kernel_array(a, dtype=self.dtype)
+        out = kernel_array(a, dtype=self.dtype)
+        self.prog.copies |= out is not a
+        return out
 
     def slot(self) -> int:
         if self.free:
@@ -190,7 +192,6 @@ class _Builder:
                     return None
                 self.prog.affines.append((len(self.prog.weights), -1 if step.bias is None else b))
                 self.prog.weights.append(w)
-                self.prog.transposed.append(kernel_array(w.T))
                 dst = self.slot()
                 self.emit(
                     AFFINE,
@@ -295,13 +296,14 @@ def lower_network(layers: list, x: Any, pointwise_codes: dict[str, int]) -> Prog
         prog.total = end is not None
         if end is not None:  # Total: Σ_o (W v + b)_o
             w, b = w.sum(axis=0, keepdims=True), b.sum(keepdims=True)
+            prog.copies |= folded is not None
         prog.g_last, prog.b_out, prog.outputs = kernel_array(w), kernel_array(b), w.shape[0]
     _seed(build, rows, d)
     prog.ops = numpy.array(rows, dtype=numpy.int64).reshape(-1, 13)
     prog.fparams = numpy.array(build.fparams, dtype=numpy.float64).reshape(-1, 2)
     prog.slots = max(prog.slots, 1)
     prog.acts = max(prog.acts, 1)
-    for name in ("weights", "transposed", "seeds", "biases"):  # numba types no empty tuple
+    for name in ("weights", "biases"):  # numba types no empty tuple
         items = getattr(prog, name)
         if not items:
             items.append(numpy.zeros((1, 1) if name != "biases" else 1, dtype))
@@ -319,18 +321,17 @@ def _seed(build: _Builder, rows: list, d: int) -> None:
     prog.directions = first[NOUT] if narrowed else d
     if narrowed:
         prog.outer = prog.weights[first[WEIGHT]]
-        prog.seeds.append(numpy.eye(first[NOUT], dtype=build.dtype))
+        prog.seed = numpy.eye(first[NOUT], dtype=build.dtype)
         identity = True
-    elif first[OP] == AFFINE:
-        prog.seeds.append(prog.transposed[first[WEIGHT]])
+    elif first[OP] == AFFINE:  # W₀'s columns
+        prog.seed = prog.weights[first[WEIGHT]]
         prog.seed_weight = first[WEIGHT]
         identity = False
     else:  # COPY of the input
-        prog.seeds.append(numpy.eye(d, dtype=build.dtype))
+        prog.seed = numpy.eye(d, dtype=build.dtype)
         identity = True
-    seed = len(prog.seeds) - 1
     after = rows[1] if len(rows) > 1 else None
     if first[OP] == AFFINE and after is not None and after[OP] == POINTWISE and after[SRC] == first[DST]:
-        after[SEEDED], after[WEIGHT] = 2 if identity else 1, seed
+        after[SEEDED] = 2 if identity else 1
     else:
-        first[SEED] = seed
+        first[SEED] = 0

@@ -93,15 +93,16 @@ def run(prog: Program, x: Any, part: str, workers: int, tile: int, v: Any = None
         v = numpy.zeros((0, 1, 1), dtype)
         hess = numpy.empty((batch if full else 0, m, k, k), dtype)
     diag = numpy.empty((batch if mode == DIAGONAL else 0, m, k), dtype)
-    size = _tuple_size(max(len(prog.weights), len(prog.biases)))
+    if prog.kernel_args is None:  # made once per program (a remembered one: once per model)
+        size = _tuple_size(max(len(prog.weights), len(prog.biases)))
+        prog.kernel_args = (_padded(prog.weights, size), _padded(prog.biases, size))
     args = (
         kernel_array(x),
         prog.ops,
         prog.fparams,
-        _padded(prog.weights, size),
-        _padded(prog.transposed, size),
-        _padded(prog.biases, size),
-        _padded(prog.seeds, size),
+        *prog.kernel_args,
+        *_transposes(prog, min(batch, tile) * max(k, m)),
+        prog.seed,
         prog.g_last,
         prog.b_out,
         prog.target,
@@ -129,6 +130,17 @@ def run(prog: Program, x: Any, part: str, workers: int, tile: int, v: Any = None
         with batching.serial_blas() if big else nullcontext():
             _network(*args, tile, counter)
     return y, jac, diag if mode == DIAGONAL else hess
+
+
+def _transposes(prog: Program, rows: int) -> tuple:
+    """The weights' transposes, C-contiguous, made per call (the layers' arrays are taken as
+    they are), where a tile's products have :data:`~hessarray.tuning.TRANSPOSED_ROWS` rows or
+    more: numba's product with a transposed view is slower there. Else the weights themselves,
+    which the kernel reads transposed."""
+    ws = prog.kernel_args[0]
+    if rows < tuning.TRANSPOSED_ROWS:
+        return ws, False
+    return tuple(w if at == prog.folded else numpy.ascontiguousarray(w.T) for at, w in enumerate(ws)), True
 
 
 def _tuple_size(n: int) -> int:
@@ -375,9 +387,10 @@ if numba is not None and HAVE_BLAS:
         ops,
         fparams,
         ws,
-        wts,
         biases,
-        seeds,
+        wts,
+        transposed,
+        seed,
         g_last,
         b_out,
         target,
@@ -417,16 +430,24 @@ if numba is not None and HAVE_BLAS:
         gfin = numpy.empty(tile * nf, dt)  # the adjoint at the end (squared error)
         cu = numpy.empty(3 * k * width, dt)
         hk = numpy.empty((k, k), dt)
+        # The seed's directions as rows, s[i] (k, n); made once per call, as the weights' own
+        # arrays are taken as they are.
+        s = numpy.ascontiguousarray(seed.T)
+        # The first dense layer's Wᵀ where its few inputs are a loop (below).
+        first = -1
+        for p in range(n_ops):
+            if ops[p, OP] == AFFINE and ops[p, SRC] < 0 and ops[p, NIN] <= 16:
+                first = ops[p, WEIGHT]
+        w0t = numpy.ascontiguousarray(ws[max(first, 0)].T)
         # The seeded step's products S_ir S_jr of its seeds' pairs i ≤ j (the diagonal: i = j),
         # so that its curvature is one product c @ pairsᵀ per tile; made once per call.
-        seed_at = -1
+        seeded_at = False
         for p in range(n_ops):
             if ops[p, SEEDED] == 1:
-                seed_at = ops[p, WEIGHT]
+                seeded_at = True
         npairs = 1
         pairs = numpy.zeros((1, 1), dt)
-        if seed_at >= 0:
-            s = seeds[seed_at]
+        if seeded_at:
             npairs = k * (k + 1) // 2 if full else k
             pairs = numpy.empty((npairs, s.shape[1]), dt)
             q = 0
@@ -447,19 +468,22 @@ if numba is not None and HAVE_BLAS:
                 op, dst, src, nin, nout = ops[p, OP], ops[p, DST], ops[p, SRC], ops[p, NIN], ops[p, NOUT]
                 if op == AFFINE:
                     out = vals[dst, : nt * nout].reshape((nt, nout))
-                    wt = wts[ops[p, WEIGHT]]
-                    if src < 0 and nin <= 16:  # few inputs: a loop beats a product of depth nin
+                    if src < 0 and ops[p, WEIGHT] == first:  # few inputs: a loop beats a product of depth nin
                         for b in range(nt):
                             for r in range(nout):
                                 out[b, r] = zero
                             for i in range(nin):
                                 xi = xt[b, i]
                                 for r in range(nout):
-                                    out[b, r] += xi * wt[i, r]
+                                    out[b, r] += xi * w0t[i, r]
+                    elif src < 0 and transposed:
+                        numpy.dot(xt, wts[ops[p, WEIGHT]], out)
                     elif src < 0:
-                        numpy.dot(xt, wt, out)
+                        numpy.dot(xt, ws[ops[p, WEIGHT]].T, out)
+                    elif transposed:
+                        numpy.dot(vals[src, : nt * nin].reshape((nt, nin)), wts[ops[p, WEIGHT]], out)
                     else:
-                        numpy.dot(vals[src, : nt * nin].reshape((nt, nin)), wt, out)
+                        numpy.dot(vals[src, : nt * nin].reshape((nt, nin)), ws[ops[p, WEIGHT]].T, out)
                     if ops[p, BIAS] >= 0:
                         bias = biases[ops[p, BIAS]]
                         for b in range(nt):
@@ -586,14 +610,19 @@ if numba is not None and HAVE_BLAS:
             for p in range(n_ops):
                 op, dst, src, nin, nout = ops[p, OP], ops[p, DST], ops[p, SRC], ops[p, NIN], ops[p, NOUT]
                 if op == AFFINE or (op == COPY and src < 0):
-                    if src >= 0:
+                    if src >= 0 and transposed:
                         numpy.dot(
                             tans[src, : nt * k * nin].reshape((nt * k, nin)),
                             wts[ops[p, WEIGHT]],
                             tans[dst, : nt * k * nout].reshape((nt * k, nout)),
                         )
+                    elif src >= 0:
+                        numpy.dot(
+                            tans[src, : nt * k * nin].reshape((nt * k, nin)),
+                            ws[ops[p, WEIGHT]].T,
+                            tans[dst, : nt * k * nout].reshape((nt * k, nout)),
+                        )
                     elif ops[p, SEED] >= 0:  # the input's tangents, the same for every sample
-                        s = seeds[ops[p, SEED]]
                         for i in range(k):
                             si = s[i]
                             for b in range(nt):
@@ -610,7 +639,7 @@ if numba is not None and HAVE_BLAS:
                             for b in range(nt):
                                 tb = tans[src, (i * nt + b) * n : (i * nt + b + 1) * n]
                                 if seeded == 1:
-                                    si = seeds[ops[p, WEIGHT]][i]
+                                    si = s[i]
                                     for r in range(n):
                                         tb[r] = si[r]
                                 else:
@@ -683,8 +712,8 @@ if numba is not None and HAVE_BLAS:
                             _curvature(tans[src], cs[a], hess, diag, r0, nt, m, k, n, full, hk, cu)
                     d1 = d1s[a, : nt * n]
                     if seeded == 1 and k == 2:  # both directions in one pass
-                        s0 = seeds[ops[p, WEIGHT]][0]
-                        s1 = seeds[ops[p, WEIGHT]][1]
+                        s0 = s[0]
+                        s1 = s[1]
                         dm = d1.reshape((nt, n))
                         t0 = tans[src, : nt * n].reshape((nt, n))
                         t1 = tans[src, nt * n : 2 * nt * n].reshape((nt, n))
@@ -712,7 +741,7 @@ if numba is not None and HAVE_BLAS:
                             tb = ti[b * n : (b + 1) * n]
                             db = d1[b * n : (b + 1) * n]
                             if seeded == 1:
-                                si = seeds[ops[p, WEIGHT]][i]
+                                si = s[i]
                                 for r in range(n):
                                     tb[r] = db[r] * si[r]
                             else:
