@@ -92,7 +92,8 @@ if [[ " $PARTS " == *" tests "* ]]; then
     # One line per test (-v), so that a run stopped at its cap still shows what passed; 4
     # processes with pytest-xdist and at most 120 s per test with pytest-timeout, where installed.
     EXTRA=()
-    "$PY" -c "import xdist" >/dev/null 2>&1 && EXTRA+=(-n 4)
+    # (Without pytest-xdist, pyproject's addopts would pass an unknown -n: replace them.)
+    if "$PY" -c "import xdist" >/dev/null 2>&1; then EXTRA+=(-n 4); else EXTRA+=(-o "addopts=-ra"); fi
     "$PY" -c "import pytest_timeout" >/dev/null 2>&1 && EXTRA+=(--timeout 120)
     run_part tests "${GPU_CHECK_TESTS_S:-180}" "$PY" -m pytest tests -v -rfE -p no:cacheprovider \
         -k "cupy or cuda" --ignore=tests/test_gpu_check.py ${EXTRA[@]+"${EXTRA[@]}"}

@@ -101,7 +101,7 @@ def run(prog: Program, x: Any, part: str, workers: int, tile: int, v: Any = None
         prog.ops,
         prog.fparams,
         *prog.kernel_args,
-        *_transposes(prog, min(batch, tile) * max(k, m)),
+        *_transposes(prog, min(batch, tile) * k),
         prog.seed,
         prog.g_last,
         prog.b_out,
@@ -140,7 +140,11 @@ def _transposes(prog: Program, rows: int) -> tuple:
     ws = prog.kernel_args[0]
     if rows < tuning.TRANSPOSED_ROWS:
         return ws, False
-    return tuple(w if at == prog.folded else numpy.ascontiguousarray(w.T) for at, w in enumerate(ws)), True
+    # (A last dense step folded into g_last has no product, and the padding none.)
+    products = len(prog.weights)
+    return tuple(
+        numpy.ascontiguousarray(w.T) if at < products and at != prog.folded else w for at, w in enumerate(ws)
+    ), True
 
 
 def _tuple_size(n: int) -> int:
