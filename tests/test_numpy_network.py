@@ -171,6 +171,49 @@ def test_every_activation_mlp_and_residual(portable, name, dtype):
         _close(*_both(model, x, _derivatives, portable), dtype)
 
 
+@pytest.mark.parametrize("end", ["none", "dense", "sum", "mse"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_kept_outputs_in_every_position(portable, end, dtype):
+    """Activations whose derivatives come from their output keep it in a row of their own:
+    one after another, beside activations that keep ``φ'`` and ``φ''``, before and inside
+    residual blocks (whose sum is written in place), and last."""
+    from hessarray._numpy.executor import lowered
+    from hessarray._numpy.lowering import KEEP, OP, POINTWISE
+
+    rng = np.random.default_rng(5)
+    layers = [
+        _dense(rng, 3, 6, True),
+        ha.Tanh(),
+        ha.Tanh(),
+        ha.Sin(),
+        ha.Tanh(),
+        ha.Residual(_dense(rng, 6, 6, True), ha.Tanh(), h=0.5),
+        ha.Residual(ha.ReLU(), _dense(rng, 6, 6, False), ha.Exp(), h=-0.3),
+        ha.Identity(),
+        ha.Residual(ha.Tanh(), h=1.0),
+        ha.LeakyReLU(-0.2),
+        ha.Tanh(),
+    ]
+    if end == "dense":
+        layers.append(_dense(rng, 6, 2, True))
+    elif end == "sum":
+        layers.append(ha.Sum())
+    elif end == "mse":
+        layers.append(ha.MSELoss(rng.standard_normal(6)))
+    x = rng.standard_normal((29, 3)).astype(dtype)
+    model = _cast(layers, dtype)
+    ops = lowered(model.layers, x).ops
+    pointwise_ops = ops[ops[:, OP] == POINTWISE]
+    assert (pointwise_ops[:, KEEP] >= 0).sum() == 9  # all but Sin and the negative slope
+    _close(*_both(model, x, _derivatives, portable), dtype)
+    v = rng.standard_normal((29, 3, 2)).astype(dtype)
+    for fn in (ha.hessian_diagonal, ha.laplacian, lambda mo, xx: ha.hvp(mo, xx, v)):
+        fast = fn(model, x)
+        with portable():
+            slow = fn(model, x)
+        _close((fast,), (slow,), dtype)
+
+
 def test_narrow_first_layer_maps_back(portable):
     """An input wider than the first layer: seeds in that layer's outputs, mapped back."""
     rng = np.random.default_rng(2)

@@ -60,7 +60,7 @@ def _run(name, p, z, bias, curved=True, d2_fill=0.0):
     z = z.copy()
     d1 = np.full_like(z, np.nan)
     d2 = np.full_like(z, d2_fill)
-    pointwise.pointwise_rows(pointwise.CODES[name], np.array([p, 0.0]), z, bias, d1, d2, curved)
+    pointwise.pointwise_rows(pointwise.CODES[name], p, z, bias, d1, d2, curved)
     return z, d1, d2
 
 
@@ -191,3 +191,34 @@ def test_vmath_within_a_few_ulp_of_exact(dtype):
     np.testing.assert_array_equal(out[:3], [0.0, -0.0, np.nan])
     assert np.signbit(out[1])
     np.testing.assert_array_equal(out2[:3], [1.0, 1.0, np.nan])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize(("name", "layer", "p"), CASES, ids=CASE_IDS)
+def test_derivatives_from_the_output_are_the_kept_ones(name, layer, p, dtype):
+    """Where ``φ'`` and ``φ''`` come from the output (``from_output``), the kernel's functions
+    give bit for bit what ``pointwise_rows`` keeps; the others are not taken from the output."""
+    if not pointwise.from_output(name, (p,)):
+        assert name not in ("tanh", "exp", "identity") and not (name == "leaky_relu" and p >= 0)
+        return
+    code = pointwise.CODES[name]
+    v = _values(dtype)
+    z = v.reshape(-1, 16)
+    bias = np.linspace(-1, 1, 16).astype(dtype)
+    with np.errstate(all="ignore"):
+        kept = _run(name, p, z, bias)
+        y = np.full_like(z, np.nan)
+        pointwise.output_rows(code, p, z, bias, y)
+        g = np.ones((z.shape[0], 1, 16), dtype)
+        c = np.full_like(g, np.nan)
+        pointwise.adjoint_rows(code, p, y, g, c, True)
+        slope = np.full(z.size, np.nan, dtype)
+        pointwise.slope_rows(code, p, y.reshape(-1), slope)
+        t = np.stack([np.full(z.size, 2, dtype), np.full(z.size, -0.5, dtype)])
+        pointwise.scale_rows(code, p, y.reshape(-1), t)
+    np.testing.assert_array_equal(y, kept[0])
+    np.testing.assert_array_equal(g[:, 0], kept[1])
+    np.testing.assert_array_equal(c[:, 0], kept[2])
+    np.testing.assert_array_equal(slope, kept[1].reshape(-1))
+    with np.errstate(all="ignore"):
+        np.testing.assert_array_equal(t, np.stack([2 * kept[1].reshape(-1), -0.5 * kept[1].reshape(-1)]))

@@ -18,9 +18,9 @@ from . import network
 from .lowering import Program, lower_network
 
 try:
-    from .pointwise import CODES
+    from .pointwise import CODES, from_output
 except ImportError:  # pragma: no cover - without numba
-    CODES = {}
+    CODES, from_output = {}, None
 
 _DTYPES = {4: numpy.dtype(numpy.float32), 8: numpy.dtype(numpy.float64)}
 
@@ -41,7 +41,9 @@ def _structure(layers: list, d: int, dtype: Any) -> Program | None:
     """The program of ``layers`` with the arrays it was lowered with: lowered once per chain,
     width and dtype (layers are immutable); each call takes the layers' arrays as they are
     now (:meth:`~.lowering.Program.with_arrays`)."""
-    return remembered(_PROGRAMS, layers, (d, dtype), lambda: lower_network(layers, numpy.empty((1, d), dtype), CODES))
+    return remembered(
+        _PROGRAMS, layers, (d, dtype), lambda: lower_network(layers, numpy.empty((1, d), dtype), CODES, from_output)
+    )
 
 
 _PROGRAMS: dict = {}

@@ -5,23 +5,29 @@ The kernel holds a tile's values, adjoints and tangents in numbered *slots* (row
 buffers). Each instruction reads one slot and writes one; a residual block keeps its input's
 slot (the skip) until the block's ``ADD`` writes the sum into it. A slot freed by a dense
 step is reused by a later one, so a deep MLP needs two slots. One row of :attr:`Program.ops`
-per instruction, columns :data:`OP` … :data:`CURVED`:
+per instruction, columns :data:`OP` … :data:`VALUE`:
 
 - ``AFFINE``: ``slot[DST] = slot[SRC] Wᵀ (+ b)``; ``SRC = -1`` reads the input. Where a
   pointwise step follows on its output, the bias is added there (``BIAS = -1`` here).
 - ``POINTWISE``: ``slot[SRC] = φ(slot[SRC] + b)`` in place, keeping ``φ'`` and ``φ''`` in the
-  activation's rows (``ACT``). ``SEEDED``: its input's tangents are the same for every sample,
-  the program's seed (``1``) or the identity (``2``), and are never formed.
+  activation's rows (``ACT``). Where they are functions of the output
+  (:func:`.pointwise.from_output`), ``φ`` goes instead to a value row of its own (``KEEP``),
+  kept for the later passes, which derive ``φ'`` and ``φ''`` from it. ``SEEDED``: its input's
+  tangents are the same for every sample, the program's seed (``1``) or the identity (``2``),
+  and are never formed.
 - ``ADD``: ``slot[DST] += h · slot[SRC]``, a residual block's end.
 - ``COPY``: ``slot[DST] = slot[SRC]`` (``SRC = -1``: the input, tangents the seed's where ``SEED = 0``).
 
 ``ACC`` marks an instruction whose adjoint adds to its input slot's (a skip's, which the
-block's ``ADD`` has already given one).
+block's ``ADD`` has already given one). ``VALUE``: the row of the values buffer an instruction
+reads its input's value from, ``SRC`` itself unless that value is a kept output; the kept rows
+follow the slots' (row ``slots + ACT``).
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +36,8 @@ import numpy
 from ..layers.lowered import Affine, Block, Pointwise, SquaredError, Total
 
 AFFINE, POINTWISE, ADD, COPY = 0, 1, 2, 3
-OP, DST, SRC, WEIGHT, BIAS, ACT, CODE, NIN, NOUT, ACC, SEED, SEEDED, CURVED = range(13)
+OP, DST, SRC, WEIGHT, BIAS, ACT, CODE, NIN, NOUT, ACC, SEED, SEEDED, CURVED, KEEP, VALUE = range(15)
+COLUMNS = 15
 INPUT = -1
 #: How the program's value becomes the output: ``y = v g_lastᵀ + b_out`` (a dense layer, a
 #: sum, or the value itself), or the mean squared error against a target.
@@ -50,6 +57,7 @@ class Program:
     acts: int = 0
     width: int = 1
     final: int = 0  # the slot of the value the end reads
+    final_value: int = 0  # the values row that holds it
     final_width: int = 1
     end: int = LINEAR
     g_last: Any = None  # (m, final_width)
@@ -123,14 +131,16 @@ def kernel_array(a: Any, dtype: Any = None) -> Any:
 
 
 class _Builder:
-    def __init__(self, dtype: Any, d: int, pointwise_codes: dict[str, int]) -> None:
-        self.dtype, self.d, self.codes = dtype, d, pointwise_codes
+    def __init__(self, dtype: Any, d: int, pointwise_codes: dict[str, int], from_output: Callable) -> None:
+        self.dtype, self.d, self.codes, self.from_output = dtype, d, pointwise_codes, from_output
         self.rows: list[list[int]] = []
         self.fparams: list[tuple[float, float]] = []
         self.prog = Program(ops=None, fparams=None)
         self.free: list[int] = []
         self.held: set[int] = set()
         self.zero_bias: dict[int, int] = {}
+        # Slots whose value is a kept output, and that output's row (:func:`kept_row`).
+        self.value_at: dict[int, int] = {}
         self.width = d
 
     def array(self, a: Any) -> Any | None:
@@ -152,9 +162,12 @@ class _Builder:
             self.free.append(s)
 
     def emit(self, op: int, dst: int, src: int, nin: int, nout: int, params=(0.0, 0.0), **cols: int) -> list[int]:
-        row = [0] * 13
+        row = [0] * COLUMNS
         row[OP], row[DST], row[SRC], row[NIN], row[NOUT] = op, dst, src, nin, nout
-        row[WEIGHT] = row[BIAS] = row[SEED] = -1
+        row[WEIGHT] = row[BIAS] = row[SEED] = row[KEEP] = -1
+        row[VALUE] = self.value_at.get(src, src)
+        if op != POINTWISE:  # written in place from here on
+            self.value_at.pop(dst, None)
         for name, value in cols.items():
             row[globals()[name]] = value
         self.rows.append(row)
@@ -209,7 +222,8 @@ class _Builder:
                 code = self.codes.get(step.name)
                 if code is None or len(step.params) > 2:
                     return None
-                if cur == INPUT or cur in self.held:
+                keep = self.from_output(step.name, step.params)
+                if cur == INPUT or cur in self.held or (cur in self.value_at and not keep):
                     cur = self.copy_of(cur)
                 prev = self.rows[-1] if self.rows else None
                 bias = None
@@ -228,10 +242,13 @@ class _Builder:
                     ACT=self.prog.acts,
                     CODE=code,
                     CURVED=int(step.curved),
+                    KEEP=kept_row(self.prog.acts) if keep else -1,
                 )
+                if keep:
+                    self.value_at[cur] = kept_row(self.prog.acts)
                 self.prog.acts += 1
             elif isinstance(step, Block):
-                if cur == INPUT or cur in self.held:
+                if cur == INPUT or cur in self.held or cur in self.value_at:  # the sum is written in place
                     cur = self.copy_of(cur)
                 skip, n = cur, self.width
                 self.held.add(skip)
@@ -247,10 +264,23 @@ class _Builder:
         return cur
 
 
-def lower_network(layers: list, x: Any, pointwise_codes: dict[str, int]) -> Program | None:
+def kept_row(act: int) -> int:
+    """Activation ``act``'s kept output row, before the slots are counted (:func:`_rows`)."""
+    return -2 - act
+
+
+def _rows(at: int, slots: int) -> int:
+    """A values row: a slot as it is, a kept output (:func:`kept_row`) after the slots."""
+    return slots + (-2 - at) if at <= -2 else at
+
+
+def lower_network(
+    layers: list, x: Any, pointwise_codes: dict[str, int], from_output: Callable = lambda name, params: False
+) -> Program | None:
     """The program of ``layers`` for NumPy input ``x`` ``(B, d)``, or ``None`` where a layer does
     not lower (:meth:`~hessarray.layers.base.Layer.lower`), a step is not known, or an array is
-    not NumPy's."""
+    not NumPy's. ``from_output(name, params)``: whether an activation's derivatives are
+    computed from its output (:func:`.pointwise.from_output`)."""
     steps: list = []
     for layer in layers:
         lowered = layer.lower()
@@ -262,7 +292,7 @@ def lower_network(layers: list, x: Any, pointwise_codes: dict[str, int]) -> Prog
         return None
     dtype = x.dtype
     d = x.shape[1]
-    build = _Builder(dtype, d, pointwise_codes)
+    build = _Builder(dtype, d, pointwise_codes, from_output)
     cur = build.steps(tuple(steps), INPUT)
     if cur is None:
         return None
@@ -279,6 +309,7 @@ def lower_network(layers: list, x: Any, pointwise_codes: dict[str, int]) -> Prog
         cur = build.copy_of(cur)
     n = build.width
     prog.final, prog.final_width = cur, n
+    prog.final_value = folded[VALUE] if folded is not None else build.value_at.get(cur, cur)
     if isinstance(end, SquaredError):
         target = build.array(end.target)
         if target is None or target.shape[-1] != n:
@@ -299,10 +330,13 @@ def lower_network(layers: list, x: Any, pointwise_codes: dict[str, int]) -> Prog
             prog.copies |= folded is not None
         prog.g_last, prog.b_out, prog.outputs = kernel_array(w), kernel_array(b), w.shape[0]
     _seed(build, rows, d)
-    prog.ops = numpy.array(rows, dtype=numpy.int64).reshape(-1, 13)
-    prog.fparams = numpy.array(build.fparams, dtype=numpy.float64).reshape(-1, 2)
     prog.slots = max(prog.slots, 1)
     prog.acts = max(prog.acts, 1)
+    for row in rows:
+        row[KEEP], row[VALUE] = _rows(row[KEEP], prog.slots), _rows(row[VALUE], prog.slots)
+    prog.final_value = _rows(prog.final_value, prog.slots)
+    prog.ops = numpy.array(rows, dtype=numpy.int64).reshape(-1, COLUMNS)
+    prog.fparams = numpy.array(build.fparams, dtype=numpy.float64).reshape(-1, 2)
     for name in ("weights", "biases"):  # numba types no empty tuple
         items = getattr(prog, name)
         if not items:

@@ -3,14 +3,18 @@
 One call per thread runs the batch in tiles of samples, each call taking the next tile from
 a shared counter. Per tile, the program (:mod:`.lowering`) runs three times: values forward
 (each dense step one BLAS product, each pointwise step one loop that also keeps ``φ'`` and
-``φ''``), adjoints back from the output (one product per dense step, one loop per pointwise
-step that keeps its curvature weights ``c = g φ''``), and tangents forward, adding each
+``φ''``, or only its output where they are functions of it), adjoints back from the output
+(one product per dense step, one loop per pointwise step that keeps its curvature weights
+``c = g φ''``), and tangents forward, adding each
 pointwise step's curvature ``Σ_r c_r u_ir u_jr`` to the Hessian as its input tangents ``u``
 are known. A tile's buffers stay in the core's cache between a product and the loop that
 reads its result, where the portable passes make a pass over memory per operation.
 
 Tangents are direction-major, ``(k, tile, n)``, as in the portable passes: a dense step pushes
 all ``k·tile`` of them by one product, and ``φ'`` scales each direction in one flat pass.
+
+The kernel takes its views of the tile's buffers with :func:`.views.view` (no reference
+counts): numba's slices and reshapes cost about 18 ns each, several per instruction and tile.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from .lowering import (
     COPY,
     CURVED,
     DST,
+    KEEP,
     LINEAR,
     NIN,
     NOUT,
@@ -42,6 +47,7 @@ from .lowering import (
     SEED,
     SEEDED,
     SRC,
+    VALUE,
     WEIGHT,
     Program,
     kernel_array,
@@ -108,6 +114,7 @@ def run(prog: Program, x: Any, part: str, workers: int, tile: int, v: Any = None
         prog.target,
         prog.end,
         prog.final,
+        prog.final_value,
         prog.final_width,
         prog.slots,
         prog.acts,
@@ -170,7 +177,8 @@ if numba is not None and HAVE_BLAS:
     from numba.extending import intrinsic
 
     from ..tuning import LOOP_K
-    from .pointwise import pointwise_rows
+    from .pointwise import adjoint_rows, output_rows, pointwise_rows, scale_rows, slope_rows
+    from .views import view
 
     # Reassociation vectorizes the sums (NaN and inf keep their IEEE behaviour).
     _jit = numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
@@ -211,6 +219,83 @@ if numba is not None and HAVE_BLAS:
             a01 += c0 * w1
             a11 += cr * w1 * w1
         return a00, a01, a11
+
+    # Loops of their own (not inlined), apart from the kernel's many branches, where LLVM's
+    # vectorizer sees less (as for _pairs2).
+
+    @_jit
+    def _first_layer(xt, w0t, out):  # pragma: no cover - compiled
+        """``out = xt w0t`` by loops, for few inputs (a product of depth ``nin`` is slower)."""
+        zero = out.dtype.type(0)
+        for b in range(out.shape[0]):
+            for r in range(out.shape[1]):
+                out[b, r] = zero
+            for i in range(xt.shape[1]):
+                xi = xt[b, i]
+                for r in range(out.shape[1]):
+                    out[b, r] += xi * w0t[i, r]
+
+    @_jit
+    def _three_pairs(cm, pairs, po):  # pragma: no cover - compiled
+        """``po[row, q] = Σ_r cm[row, r] pairs[q, r]`` for the three pairs of two seeds."""
+        zero = cm.dtype.type(0)
+        p0 = pairs[0]
+        p1 = pairs[1]
+        p2 = pairs[2]
+        for row in range(cm.shape[0]):
+            a0 = zero
+            a1 = zero
+            a2 = zero
+            for r in range(cm.shape[1]):
+                cr = cm[row, r]
+                a0 += cr * p0[r]
+                a1 += cr * p1[r]
+                a2 += cr * p2[r]
+            po[row, 0] = a0
+            po[row, 1] = a1
+            po[row, 2] = a2
+
+    @_jit
+    def _two_seeds(dm, s, t0, t1):  # pragma: no cover - compiled
+        """``t0 = dm s[0]``, ``t1 = dm s[1]`` (each row of ``dm`` by the seeds, shared by all samples)."""
+        s0 = s[0]
+        s1 = s[1]
+        for b in range(dm.shape[0]):
+            for r in range(dm.shape[1]):
+                dr = dm[b, r]
+                t0[b, r] = dr * s0[r]
+                t1[b, r] = dr * s1[r]
+
+    @_jit
+    def _linear_end(vm, g_last, b_out, gm, y, r0):  # pragma: no cover - compiled
+        """``y = v g_lastᵀ + b_out`` and each output's adjoint ``g_last`` (rows ``b·m + o``)."""
+        m = g_last.shape[0]
+        for b in range(vm.shape[0]):
+            for o in range(m):
+                acc = b_out[o]
+                for r in range(vm.shape[1]):
+                    acc += vm[b, r] * g_last[o, r]
+                y[r0 + b, o] = acc
+                go = gm[b * m + o]
+                for r in range(vm.shape[1]):
+                    go[r] = g_last[o, r]
+
+    @_jit
+    def _jacobian(tm, fm, jac, r0, nt, per_sample):  # pragma: no cover - compiled
+        """``jac[r0 + b, o, i] = Σ_r tm[i·nt + b, r] fm[row, r]``, ``row`` the sample where
+        ``fm`` is per sample (the squared error's adjoint), else the output ``o``."""
+        zero = tm.dtype.type(0)
+        m = jac.shape[1]
+        k = jac.shape[2]
+        for b in range(nt):
+            for o in range(m):
+                fr = fm[b if per_sample else o]
+                for i in range(k):
+                    ti = tm[i * nt + b]
+                    acc = zero
+                    for r in range(tm.shape[1]):
+                        acc += ti[r] * fr[r]
+                    jac[r0 + b, o, i] = acc
 
     @_jit
     def _curvature_hvp(u, c, hv, v, r0, nt, m, k, n, w):  # pragma: no cover - compiled
@@ -400,6 +485,7 @@ if numba is not None and HAVE_BLAS:
         target,
         end,
         final,
+        final_value,
         nf,
         nslots,
         nacts,
@@ -423,15 +509,19 @@ if numba is not None and HAVE_BLAS:
         n_ops = ops.shape[0]
         dt = x.dtype
         zero = dt.type(0)
-        vals = numpy.empty((nslots, tile * width), dt)
+        # The tile's buffers, used in every pass of the loop below and so held until it ends: the
+        # kernel's views of them (.views.view) hold no reference.
+        vals = numpy.empty((nslots + nacts, tile * width), dt)  # the slots', then kept outputs
         grads = numpy.empty((nslots, tile * m * width), dt)
         tans = numpy.empty((nslots, tile * k * width), dt)
         d1s = numpy.empty((nacts, tile * width), dt)
         d2s = numpy.empty((nacts, tile * width), dt)
         # The curvature weights c = g φ'': with one output, written over φ'' (not read again).
         cs = d2s if m == 1 else numpy.empty((nacts, tile * m * width), dt)
-        scratch = numpy.empty(tile * max(m, k) * width, dt)
-        gfin = numpy.empty(tile * nf, dt)  # the adjoint at the end (squared error)
+        # (Scratch rows as 2-D buffers: :func:`.views.view` takes views of those.)
+        scratch2 = numpy.empty((1, tile * max(m, k) * width), dt)
+        scratch = scratch2[0]
+        gfin = numpy.empty((1, tile * nf), dt)  # the adjoint at the end (squared error)
         cu = numpy.empty(3 * k * width, dt)
         hk = numpy.empty((k, k), dt)
         # The seed's directions as rows, s[i] (k, n); made once per call, as the weights' own
@@ -460,7 +550,7 @@ if numba is not None and HAVE_BLAS:
                     for r in range(s.shape[1]):
                         pairs[q, r] = s[i, r] * s[j, r]
                     q += 1
-        pair_out = numpy.empty(tile * m * npairs, dt)
+        pair_out = numpy.empty((1, tile * m * npairs), dt)
         while True:  # the next unclaimed tile, until none is left
             r0 = _claim(counter, tile)
             if r0 >= batch:
@@ -470,24 +560,19 @@ if numba is not None and HAVE_BLAS:
             # -- values forward ------------------------------------------------------------
             for p in range(n_ops):
                 op, dst, src, nin, nout = ops[p, OP], ops[p, DST], ops[p, SRC], ops[p, NIN], ops[p, NOUT]
+                vsrc = ops[p, VALUE]
                 if op == AFFINE:
-                    out = vals[dst, : nt * nout].reshape((nt, nout))
+                    out = view(vals, dst, 0, (nt, nout))
                     if src < 0 and ops[p, WEIGHT] == first:  # few inputs: a loop beats a product of depth nin
-                        for b in range(nt):
-                            for r in range(nout):
-                                out[b, r] = zero
-                            for i in range(nin):
-                                xi = xt[b, i]
-                                for r in range(nout):
-                                    out[b, r] += xi * w0t[i, r]
+                        _first_layer(xt, w0t, out)
                     elif src < 0 and transposed:
                         numpy.dot(xt, wts[ops[p, WEIGHT]], out)
                     elif src < 0:
                         numpy.dot(xt, ws[ops[p, WEIGHT]].T, out)
                     elif transposed:
-                        numpy.dot(vals[src, : nt * nin].reshape((nt, nin)), wts[ops[p, WEIGHT]], out)
+                        numpy.dot(view(vals, vsrc, 0, (nt, nin)), wts[ops[p, WEIGHT]], out)
                     else:
-                        numpy.dot(vals[src, : nt * nin].reshape((nt, nin)), ws[ops[p, WEIGHT]].T, out)
+                        numpy.dot(view(vals, vsrc, 0, (nt, nin)), ws[ops[p, WEIGHT]].T, out)
                     if ops[p, BIAS] >= 0:
                         bias = biases[ops[p, BIAS]]
                         for b in range(nt):
@@ -496,51 +581,52 @@ if numba is not None and HAVE_BLAS:
                 elif op == POINTWISE:
                     a = ops[p, ACT]
                     q = nt * nout
+                    if ops[p, KEEP] >= 0:  # φ' and φ'' come from the kept output
+                        output_rows(
+                            ops[p, CODE],
+                            fparams[p, 0],
+                            view(vals, vsrc, 0, (nt, nout)),
+                            biases[ops[p, BIAS]],
+                            view(vals, ops[p, KEEP], 0, (nt, nout)),
+                        )
+                        continue
                     pointwise_rows(
                         ops[p, CODE],
-                        fparams[p],
-                        vals[src, :q].reshape((nt, nout)),
+                        fparams[p, 0],
+                        view(vals, src, 0, (nt, nout)),
                         biases[ops[p, BIAS]],
-                        d1s[a, :q].reshape((nt, nout)),
-                        d2s[a, :q].reshape((nt, nout)),
+                        view(d1s, a, 0, (nt, nout)),
+                        view(d2s, a, 0, (nt, nout)),
                         ops[p, CURVED] != 0,
                     )
                 elif op == ADD:
                     h = dt.type(fparams[p, 0])
-                    vd = vals[dst, : nt * nout]
-                    vs = vals[src, : nt * nout]
+                    vd = view(vals, dst, 0, (nt * nout,))
+                    vs = view(vals, vsrc, 0, (nt * nout,))
                     for q in range(nt * nout):
                         vd[q] += h * vs[q]
                 else:  # COPY
-                    vd = vals[dst, : nt * nin]
+                    vd = view(vals, dst, 0, (nt * nin,))
                     if src < 0:
-                        vm = vd.reshape((nt, nin))
+                        vm = view(vals, dst, 0, (nt, nin))
                         for b in range(nt):
                             for r in range(nin):
                                 vm[b, r] = xt[b, r]
                     else:
-                        vs = vals[src, : nt * nin]
+                        vs = view(vals, vsrc, 0, (nt * nin,))
                         for q in range(nt * nin):
                             vd[q] = vs[q]
-            v = vals[final]
-            g = grads[final]
             if end == LINEAR:
-                vm = v[: nt * nf].reshape((nt, nf))
-                gm = g[: nt * m * nf].reshape((nt * m, nf))
-                for b in range(nt):
-                    for o in range(m):
-                        acc = b_out[o]
-                        for r in range(nf):
-                            acc += vm[b, r] * g_last[o, r]
-                            gm[b * m + o, r] = g_last[o, r]
-                        y[r0 + b, o] = acc
+                _linear_end(
+                    view(vals, final_value, 0, (nt, nf)), g_last, b_out, view(grads, final, 0, (nt * m, nf)), y, r0
+                )
             else:  # mean squared error: g = (2/n)(v - target), its Hessian (2/n) I
                 scale = dt.type(2.0 / nf)
                 for b in range(nt):
                     tb = target[r0 + b] if target.shape[0] > 1 else target[0]
-                    vb = v[b * nf : (b + 1) * nf]
-                    gb = g[b * nf : (b + 1) * nf]
-                    fb = gfin[b * nf : (b + 1) * nf]
+                    vb = view(vals, final_value, b * nf, (nf,))
+                    gb = view(grads, final, b * nf, (nf,))
+                    fb = view(gfin, 0, b * nf, (nf,))
                     acc = zero
                     for r in range(nf):
                         e = vb[r] - tb[r]
@@ -554,22 +640,33 @@ if numba is not None and HAVE_BLAS:
                 if op == AFFINE:
                     if src < 0:
                         continue
-                    gd = grads[dst, : nt * m * nout].reshape((nt * m, nout))
-                    gs = grads[src, : nt * m * nin]
+                    gd = view(grads, dst, 0, (nt * m, nout))
                     if ops[p, ACC]:
-                        tmp = scratch[: nt * m * nin]
-                        numpy.dot(gd, ws[ops[p, WEIGHT]], tmp.reshape((nt * m, nin)))
+                        gs = view(grads, src, 0, (nt * m * nin,))
+                        tmp = view(scratch2, 0, 0, (nt * m * nin,))
+                        numpy.dot(gd, ws[ops[p, WEIGHT]], view(scratch2, 0, 0, (nt * m, nin)))
                         for q in range(nt * m * nin):
                             gs[q] += tmp[q]
                     else:
-                        numpy.dot(gd, ws[ops[p, WEIGHT]], gs.reshape((nt * m, nin)))
+                        numpy.dot(gd, ws[ops[p, WEIGHT]], view(grads, src, 0, (nt * m, nin)))
                 elif op == POINTWISE:
                     a = ops[p, ACT]
                     curved = ops[p, CURVED] != 0
+                    keep = ops[p, KEEP]
+                    if keep >= 0:
+                        adjoint_rows(
+                            ops[p, CODE],
+                            fparams[p, 0],
+                            view(vals, keep, 0, (nt, nout)),
+                            view(grads, src, 0, (nt, m, nout)),
+                            view(cs, a, 0, (nt, m, nout)),
+                            curved,
+                        )
+                        continue
                     if m == 1:  # one pass over the tile (c over φ'')
-                        d1 = d1s[a, : nt * nout]
-                        d2 = d2s[a, : nt * nout]
-                        gs = grads[src, : nt * nout]
+                        d1 = view(d1s, a, 0, (nt * nout,))
+                        d2 = view(d2s, a, 0, (nt * nout,))
+                        gs = view(grads, src, 0, (nt * nout,))
                         if curved:
                             for q in range(nt * nout):
                                 gq = gs[q]
@@ -580,26 +677,26 @@ if numba is not None and HAVE_BLAS:
                                 gs[q] *= d1[q]
                         continue
                     for b in range(nt):
-                        d1 = d1s[a, b * nout : (b + 1) * nout]
-                        d2 = d2s[a, b * nout : (b + 1) * nout]
+                        d1 = view(d1s, a, b * nout, (nout,))
+                        d2 = view(d2s, a, b * nout, (nout,))
                         for o in range(m):
                             lo = (b * m + o) * nout
-                            gs = grads[src, lo : lo + nout]
+                            gs = view(grads, src, lo, (nout,))
                             if curved:
-                                cc = cs[a, lo : lo + nout]
+                                cc = view(cs, a, lo, (nout,))
                                 for r in range(nout):
                                     cc[r] = gs[r] * d2[r]
                             for r in range(nout):
                                 gs[r] *= d1[r]
                 elif op == ADD:
                     h = dt.type(fparams[p, 0])
-                    gd = grads[dst, : nt * m * nout]
-                    gs = grads[src, : nt * m * nout]
+                    gd = view(grads, dst, 0, (nt * m * nout,))
+                    gs = view(grads, src, 0, (nt * m * nout,))
                     for q in range(nt * m * nout):
                         gs[q] = h * gd[q]
                 elif src >= 0:  # COPY of a slot
-                    gd = grads[dst, : nt * m * nin]
-                    gs = grads[src, : nt * m * nin]
+                    gd = view(grads, dst, 0, (nt * m * nin,))
+                    gs = view(grads, src, 0, (nt * m * nin,))
                     if ops[p, ACC]:
                         for q in range(nt * m * nin):
                             gs[q] += gd[q]
@@ -616,22 +713,22 @@ if numba is not None and HAVE_BLAS:
                 if op == AFFINE or (op == COPY and src < 0):
                     if src >= 0 and transposed:
                         numpy.dot(
-                            tans[src, : nt * k * nin].reshape((nt * k, nin)),
+                            view(tans, src, 0, (nt * k, nin)),
                             wts[ops[p, WEIGHT]],
-                            tans[dst, : nt * k * nout].reshape((nt * k, nout)),
+                            view(tans, dst, 0, (nt * k, nout)),
                         )
                     elif src >= 0:
                         numpy.dot(
-                            tans[src, : nt * k * nin].reshape((nt * k, nin)),
+                            view(tans, src, 0, (nt * k, nin)),
                             ws[ops[p, WEIGHT]].T,
-                            tans[dst, : nt * k * nout].reshape((nt * k, nout)),
+                            view(tans, dst, 0, (nt * k, nout)),
                         )
                     elif ops[p, SEED] >= 0:  # the input's tangents, the same for every sample
                         for i in range(k):
                             si = s[i]
                             for b in range(nt):
                                 lo = (i * nt + b) * nout
-                                ti = tans[dst, lo : lo + nout]
+                                ti = view(tans, dst, lo, (nout,))
                                 for r in range(nout):
                                     ti[r] = si[r]
                 elif op == POINTWISE:
@@ -641,7 +738,7 @@ if numba is not None and HAVE_BLAS:
                     if hvp and seeded != 0:  # the seeds formed per sample: H v needs no pairs
                         for i in range(k):
                             for b in range(nt):
-                                tb = tans[src, (i * nt + b) * n : (i * nt + b + 1) * n]
+                                tb = view(tans, src, (i * nt + b) * n, (n,))
                                 if seeded == 1:
                                     si = s[i]
                                     for r in range(n):
@@ -651,31 +748,27 @@ if numba is not None and HAVE_BLAS:
                                         tb[r] = zero
                                     tb[i] = dt.type(1)
                         seeded = 0
+                    keep = ops[p, KEEP]
                     if hvp and ops[p, CURVED] != 0:
-                        _curvature_hvp(tans[src], cs[a], hess, vdirs, r0, nt, m, k, n, cu)
+                        _curvature_hvp(
+                            view(tans, src, 0, (k * nt * n,)),
+                            view(cs, a, 0, (nt * m * n,)),
+                            hess,
+                            vdirs,
+                            r0,
+                            nt,
+                            m,
+                            k,
+                            n,
+                            cu,
+                        )
                     elif ops[p, CURVED] != 0:
                         if seeded == 1 and npairs == 3:  # k = 2: the three pairs in one pass
-                            cm = cs[a, : nt * m * n].reshape((nt * m, n))
-                            po = pair_out[: nt * m * 3].reshape((nt * m, 3))
-                            p0 = pairs[0]
-                            p1 = pairs[1]
-                            p2 = pairs[2]
-                            for row in range(nt * m):
-                                a0 = zero
-                                a1 = zero
-                                a2 = zero
-                                for r in range(n):
-                                    cr = cm[row, r]
-                                    a0 += cr * p0[r]
-                                    a1 += cr * p1[r]
-                                    a2 += cr * p2[r]
-                                po[row, 0] = a0
-                                po[row, 1] = a1
-                                po[row, 2] = a2
+                            _three_pairs(view(cs, a, 0, (nt * m, n)), pairs, view(pair_out, 0, 0, (nt * m, 3)))
                         elif seeded == 1 and npairs <= 6:  # few pairs: a dot product each per sample
                             for row in range(nt * m):
-                                cr = cs[a, row * n : (row + 1) * n]
-                                pr = pair_out[row * npairs : (row + 1) * npairs]
+                                cr = view(cs, a, row * n, (n,))
+                                pr = view(pair_out, 0, row * npairs, (npairs,))
                                 for q in range(npairs):
                                     pq = pairs[q]
                                     acc = zero
@@ -684,12 +777,12 @@ if numba is not None and HAVE_BLAS:
                                     pr[q] = acc
                         elif seeded == 1:  # one product for the tile: c @ (S_i S_j pairs)ᵀ
                             numpy.dot(
-                                cs[a, : nt * m * n].reshape((nt * m, n)),
+                                view(cs, a, 0, (nt * m, n)),
                                 pairs.T,
-                                pair_out[: nt * m * npairs].reshape((nt * m, npairs)),
+                                view(pair_out, 0, 0, (nt * m, npairs)),
                             )
                         if seeded == 1:
-                            po = pair_out[: nt * m * npairs].reshape((nt * m, npairs))
+                            po = view(pair_out, 0, 0, (nt * m, npairs))
                             for b in range(nt):
                                 for o in range(m):
                                     row = b * m + o
@@ -706,44 +799,61 @@ if numba is not None and HAVE_BLAS:
                             for b in range(nt):
                                 for o in range(m):
                                     lo = (b * m + o) * n
-                                    cb = cs[a, lo : lo + n]
+                                    cb = view(cs, a, lo, (n,))
                                     for i in range(k):
                                         if full:
                                             hess[r0 + b, o, i, i] += cb[i]
                                         else:
                                             diag[r0 + b, o, i] += cb[i]
                         else:
-                            _curvature(tans[src], cs[a], hess, diag, r0, nt, m, k, n, full, hk, cu)
-                    d1 = d1s[a, : nt * n]
+                            _curvature(
+                                view(tans, src, 0, (k * nt * n,)),
+                                view(cs, a, 0, (nt * m * n,)),
+                                hess,
+                                diag,
+                                r0,
+                                nt,
+                                m,
+                                k,
+                                n,
+                                full,
+                                hk,
+                                cu,
+                            )
+                    if keep >= 0 and seeded == 0:
+                        scale_rows(
+                            ops[p, CODE], fparams[p, 0], view(vals, keep, 0, (nt * n,)), view(tans, src, 0, (k, nt * n))
+                        )
+                        continue
+                    d1buf, d1row = (scratch2, 0) if keep >= 0 else (d1s, a)  # φ', derived or kept
+                    d1 = view(d1buf, d1row, 0, (nt * n,))
+                    if keep >= 0:
+                        slope_rows(ops[p, CODE], fparams[p, 0], view(vals, keep, 0, (nt * n,)), d1)
                     if seeded == 1 and k == 2:  # both directions in one pass
-                        s0 = s[0]
-                        s1 = s[1]
-                        dm = d1.reshape((nt, n))
-                        t0 = tans[src, : nt * n].reshape((nt, n))
-                        t1 = tans[src, nt * n : 2 * nt * n].reshape((nt, n))
-                        for b in range(nt):
-                            for r in range(n):
-                                dr = dm[b, r]
-                                t0[b, r] = dr * s0[r]
-                                t1[b, r] = dr * s1[r]
+                        _two_seeds(
+                            view(d1buf, d1row, 0, (nt, n)),
+                            s,
+                            view(tans, src, 0, (nt, n)),
+                            view(tans, src, nt * n, (nt, n)),
+                        )
                         continue
                     if seeded == 0 and k == 2:  # both directions in one pass: d1 read once
-                        t0 = tans[src, : nt * n]
-                        t1 = tans[src, nt * n : 2 * nt * n]
+                        t0 = view(tans, src, 0, (nt * n,))
+                        t1 = view(tans, src, nt * n, (nt * n,))
                         for q in range(nt * n):
                             dq = d1[q]
                             t0[q] *= dq
                             t1[q] *= dq
                         continue
                     for i in range(k):
-                        ti = tans[src, i * nt * n : (i + 1) * nt * n]
+                        ti = view(tans, src, i * nt * n, (nt * n,))
                         if seeded == 0:
                             for q in range(nt * n):
                                 ti[q] *= d1[q]
                             continue
                         for b in range(nt):
-                            tb = ti[b * n : (b + 1) * n]
-                            db = d1[b * n : (b + 1) * n]
+                            tb = view(tans, src, (i * nt + b) * n, (n,))
+                            db = view(d1buf, d1row, b * n, (n,))
                             if seeded == 1:
                                 si = s[i]
                                 for r in range(n):
@@ -754,27 +864,19 @@ if numba is not None and HAVE_BLAS:
                                 tb[i] = db[i]
                 elif op == ADD:
                     h = dt.type(fparams[p, 0])
-                    td = tans[dst, : nt * k * nout]
-                    ts = tans[src, : nt * k * nout]
+                    td = view(tans, dst, 0, (nt * k * nout,))
+                    ts = view(tans, src, 0, (nt * k * nout,))
                     for q in range(nt * k * nout):
                         td[q] += h * ts[q]
                 else:  # COPY of a slot
-                    td = tans[dst, : nt * k * nin]
-                    ts = tans[src, : nt * k * nin]
+                    td = view(tans, dst, 0, (nt * k * nin,))
+                    ts = view(tans, src, 0, (nt * k * nin,))
                     for q in range(nt * k * nin):
                         td[q] = ts[q]
             # -- the Jacobian, the end's own curvature, the lower triangle ------------------------
-            t = tans[final]
-            tm = t[: k * nt * nf].reshape((k * nt, nf))  # row i·nt + b
-            fm = g_last if end == LINEAR else gfin[: nt * nf].reshape((nt, nf))
-            for b in range(nt):
-                for o in range(m):
-                    row = o if end == LINEAR else b
-                    for i in range(k):
-                        acc = zero
-                        for r in range(nf):
-                            acc += tm[i * nt + b, r] * fm[row, r]
-                        jac[r0 + b, o, i] = acc
+            t = view(tans, final, 0, (k * nt * nf,))
+            fm = g_last if end == LINEAR else view(gfin, 0, 0, (nt, nf))
+            _jacobian(view(tans, final, 0, (k * nt, nf)), fm, jac, r0, nt, end != LINEAR)  # row i·nt + b
             if end != LINEAR:
                 scale = dt.type(2.0 / nf)
                 for q in range(nt * nf):

@@ -48,7 +48,20 @@ _TANH, _SIGMOID, _SOFTPLUS, _SILU, _ELU, _LEAKY_RELU, _LOGCOSH = 0, 1, 2, 3, 4, 
 _SIN, _COS, _EXP, _SQUARE, _POWER, _IDENTITY = 7, 8, 9, 10, 11, 12
 _LN2 = math.log(2.0)
 
-pointwise_rows = None
+pointwise_rows = output_rows = adjoint_rows = slope_rows = scale_rows = None
+
+
+def from_output(name: str, params: tuple) -> bool:
+    """Whether the activation's ``φ'`` and ``φ''`` are functions of its output ``y = φ(v)``
+    alone, computed from it exactly as the portable class computes them (tanh: ``1 - y²``,
+    ``-2y(1 - y²)``; exp: ``y``, ``y``; leaky ReLU with a slope ``≥ 0``: ``y > 0``; the
+    identity): the kernel then keeps ``y`` and stores no ``φ'``, ``φ''`` rows
+    (:func:`output_rows`, :func:`adjoint_rows`, :func:`scale_rows`). Not the sigmoid: ``1 - y``
+    loses the digits the compiled ``σ(1-σ)`` keeps in the upper tail."""
+    if name == "leaky_relu":
+        return params[0] >= 0.0
+    return name in ("tanh", "exp", "identity")
+
 
 if numba is not None:
     from . import vmath
@@ -282,10 +295,10 @@ if numba is not None:
                     d2[b, r] = _power_term(v, k2, f2, e2, zero)
 
     @_jit
-    def pointwise_rows(code, params, z, bias, d1, d2, curved):  # pragma: no cover - compiled
+    def pointwise_rows(code, param, z, bias, d1, d2, curved):  # pragma: no cover - compiled
         """``z ← φ(z + bias)``, ``d1 ← φ'``, and ``d2 ← φ''`` where ``curved`` (else ``d2`` is
-        not touched), for the activation ``code`` (:data:`CODES`) with ``params`` (float64,
-        ``params[0]``: softplus β, ELU α, leaky ReLU's slope, power's p); ``z``, ``d1``, ``d2``
+        not touched), for the activation ``code`` (:data:`CODES`) with ``param`` (float64:
+        softplus β, ELU α, leaky ReLU's slope, power's p); ``z``, ``d1``, ``d2``
         ``(rows, n)`` C-contiguous, ``bias`` ``(n,)``, all float32 or all float64."""
         dt = z.dtype.type
         if code == _TANH:
@@ -293,13 +306,13 @@ if numba is not None:
         elif code == _SIGMOID:
             _sigmoid_rows(z, bias, d1, d2, curved)
         elif code == _SOFTPLUS:
-            _softplus_rows(z, bias, d1, d2, curved, dt(params[0]))
+            _softplus_rows(z, bias, d1, d2, curved, dt(param))
         elif code == _SILU:
             _silu_rows(z, bias, d1, d2, curved)
         elif code == _ELU:
-            _elu_rows(z, bias, d1, d2, curved, dt(params[0]))
+            _elu_rows(z, bias, d1, d2, curved, dt(param))
         elif code == _LEAKY_RELU:
-            _leaky_relu_rows(z, bias, d1, d2, curved, dt(params[0]))
+            _leaky_relu_rows(z, bias, d1, d2, curved, dt(param))
         elif code == _LOGCOSH:
             _logcosh_rows(z, bias, d1, d2, curved)
         elif code == _SIN:
@@ -311,6 +324,100 @@ if numba is not None:
         elif code == _SQUARE:
             _square_rows(z, bias, d1, d2, curved)
         elif code == _POWER:
-            _power_rows(z, bias, d1, d2, curved, params[0])
+            _power_rows(z, bias, d1, d2, curved, param)
         else:
             _identity_rows(z, bias, d1, d2, curved)
+
+    # The activations whose derivatives come from their output (:func:`from_output`): ``φ`` of
+    # ``v``, and ``(φ', φ'')`` of ``y``, as scalar functions inlined into the loops below, where
+    # the test of ``code`` is loop-invariant (LLVM takes it out of the loop). ``one``, ``p``:
+    # constants of y's dtype.
+    _inline = numba.njit(cache=True, inline="always", **vmath.JIT_OPTIONS)
+
+    @_inline
+    def _value(code, v, one, p):  # pragma: no cover - compiled
+        if code == _TANH:
+            return vmath.tanh(v)
+        if code == _EXP:
+            return vmath.exp(v)
+        if code == _LEAKY_RELU:  # as _leaky_relu_rows: v·1 or v·slope (inf·0 is NaN there too)
+            return v * (one if v > one - one else p)
+        return v
+
+    @_inline
+    def _slopes(code, y, one, p):  # pragma: no cover - compiled
+        zero = one - one
+        if code == _TANH:
+            d = one - y * y
+            yd = y * d
+            return d, -(yd + yd)
+        if code == _EXP:
+            return y, y
+        if code == _LEAKY_RELU:
+            return (one if y > zero else p), zero
+        return one, zero
+
+    @_jit
+    def output_rows(code, param, v, bias, y):  # pragma: no cover - compiled
+        """``y ← φ(v + bias)`` for an activation whose derivatives come from its output
+        (:func:`from_output`); ``v``, ``y`` ``(rows, n)``, ``bias`` ``(n,)``."""
+        one = v.dtype.type(1.0)
+        p = v.dtype.type(param)
+        for b in range(v.shape[0]):
+            for r in range(v.shape[1]):
+                y[b, r] = _value(code, v[b, r] + bias[r], one, p)
+
+    @_jit
+    def adjoint_rows(code, param, y, g, c, curved):  # pragma: no cover - compiled
+        """``c ← g φ''`` (where ``curved``) and ``g ← g φ'``, ``φ'`` and ``φ''`` from the output
+        ``y`` ``(rows, n)``; ``g``, ``c`` ``(rows, m, n)``."""
+        one = y.dtype.type(1.0)
+        p = y.dtype.type(param)
+        nt, m, n = g.shape
+        if m == 1:  # one flat pass
+            yf = y.reshape(nt * n)
+            gf = g.reshape(nt * n)
+            cf = c.reshape(nt * n)
+            for q in range(nt * n):
+                d1, d2 = _slopes(code, yf[q], one, p)
+                gq = gf[q]
+                if curved:
+                    cf[q] = gq * d2
+                gf[q] = gq * d1
+            return
+        for b in range(nt):
+            for o in range(m):
+                for r in range(n):
+                    d1, d2 = _slopes(code, y[b, r], one, p)
+                    gq = g[b, o, r]
+                    if curved:
+                        c[b, o, r] = gq * d2
+                    g[b, o, r] = gq * d1
+
+    @_jit
+    def slope_rows(code, param, y, d1):  # pragma: no cover - compiled
+        """``d1 ← φ'`` from the output ``y``; both flat."""
+        one = y.dtype.type(1.0)
+        p = y.dtype.type(param)
+        for q in range(y.shape[0]):
+            d1[q] = _slopes(code, y[q], one, p)[0]
+
+    @_jit
+    def scale_rows(code, param, y, t):  # pragma: no cover - compiled
+        """``t[i] ← φ' t[i]`` for each direction ``i``, ``φ'`` from the output ``y`` (flat);
+        ``t`` ``(k, len(y))``."""
+        one = y.dtype.type(1.0)
+        p = y.dtype.type(param)
+        k = t.shape[0]
+        if k == 2:  # both directions in one pass
+            t0 = t[0]
+            t1 = t[1]
+            for q in range(y.shape[0]):
+                d = _slopes(code, y[q], one, p)[0]
+                t0[q] *= d
+                t1[q] *= d
+            return
+        for i in range(k):
+            ti = t[i]
+            for q in range(y.shape[0]):
+                ti[q] *= _slopes(code, y[q], one, p)[0]
