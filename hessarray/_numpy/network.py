@@ -177,7 +177,7 @@ if numba is not None and HAVE_BLAS:
     from numba.extending import intrinsic
 
     from ..tuning import LOOP_K
-    from .pointwise import adjoint_rows, output_rows, pointwise_rows, scale_rows, slope_rows
+    from .pointwise import adjoint_rows, output_rows, pointwise_rows, scale_rows, seed_rows, slope_rows
     from .views import view
 
     # Reassociation vectorizes the sums (NaN and inf keep their IEEE behaviour).
@@ -267,8 +267,9 @@ if numba is not None and HAVE_BLAS:
                 t1[b, r] = dr * s1[r]
 
     @_jit
-    def _linear_end(vm, g_last, b_out, gm, y, r0):  # pragma: no cover - compiled
-        """``y = v g_lastᵀ + b_out`` and each output's adjoint ``g_last`` (rows ``b·m + o``)."""
+    def _linear_end(vm, g_last, b_out, gm, y, r0, adjoint):  # pragma: no cover - compiled
+        """``y = v g_lastᵀ + b_out``, and where ``adjoint``, each output's adjoint ``g_last``
+        (rows ``b·m + o``)."""
         m = g_last.shape[0]
         for b in range(vm.shape[0]):
             for o in range(m):
@@ -276,9 +277,21 @@ if numba is not None and HAVE_BLAS:
                 for r in range(vm.shape[1]):
                     acc += vm[b, r] * g_last[o, r]
                 y[r0 + b, o] = acc
-                go = gm[b * m + o]
-                for r in range(vm.shape[1]):
-                    go[r] = g_last[o, r]
+                if adjoint:
+                    go = gm[b * m + o]
+                    for r in range(vm.shape[1]):
+                        go[r] = g_last[o, r]
+
+    @_jit
+    def _fresh_adjoint(g0, d1, d2, g, curved):  # pragma: no cover - compiled
+        """The last pointwise step's adjoint, one output: ``d2 ← g0 φ''`` (where ``curved``),
+        ``g ← g0 φ'``, ``g0`` ``(1, n)`` the output's gradient for every sample."""
+        for b in range(g.shape[0]):
+            for r in range(g.shape[1]):
+                gq = g0[0, r]
+                if curved:
+                    d2[b, r] *= gq
+                g[b, r] = gq * d1[b, r]
 
     @_jit
     def _jacobian(tm, fm, jac, r0, nt, per_sample):  # pragma: no cover - compiled
@@ -298,14 +311,15 @@ if numba is not None and HAVE_BLAS:
                     jac[r0 + b, o, i] = acc
 
     @_jit
-    def _curvature_hvp(u, c, hv, v, r0, nt, m, k, n, w):  # pragma: no cover - compiled
+    def _curvature_hvp(ub, ur, cb_, cr_, hv, v, r0, nt, m, k, n, w):  # pragma: no cover - compiled
         """Add ``Σ_r c[b, o, r] (Σ_j v[b, p, j] u[j, b, r]) u[i, b, r]`` to ``hv[b, o, p, i]``: the
         curvature applied to each sample's vectors, ``2 p k n`` multiply-adds per sample and
-        output instead of the Hessian's ``k² n / 2``. ``w``: scratch of ``2 n``."""
-        zero = u.dtype.type(0)
+        output instead of the Hessian's ``k² n / 2``. ``u``, ``c``: rows ``ur``, ``cr_`` of the
+        kernel's buffers ``ub``, ``cb_`` (:func:`.views.view`); ``w``: scratch of ``2 n`` (1, …)."""
+        zero = ub.dtype.type(0)
         stride = nt * n
-        wv = w[:n]
-        cw = w[n : 2 * n]
+        wv = view(w, 0, 0, (n,))
+        cw = view(w, 0, n, (n,))
         for b in range(nt):
             for p in range(v.shape[1]):
                 vb = v[r0 + b, p]
@@ -313,35 +327,36 @@ if numba is not None and HAVE_BLAS:
                     wv[r] = zero
                 for j in range(k):
                     vj = vb[j]
-                    uj = u[j * stride + b * n : j * stride + (b + 1) * n]
+                    uj = view(ub, ur, j * stride + b * n, (n,))
                     for r in range(n):
                         wv[r] += vj * uj[r]
                 for o in range(m):
-                    cb = c[(b * m + o) * n : (b * m + o + 1) * n]
+                    cb = view(cb_, cr_, (b * m + o) * n, (n,))
                     for r in range(n):
                         cw[r] = cb[r] * wv[r]
                     hb = hv[r0 + b, o, p]
                     for i in range(k):
-                        ui = u[i * stride + b * n : i * stride + (b + 1) * n]
+                        ui = view(ub, ur, i * stride + b * n, (n,))
                         acc = zero
                         for r in range(n):
                             acc += cw[r] * ui[r]
                         hb[i] += acc
 
     @_jit
-    def _curvature(u, c, h, diag, r0, nt, m, k, n, full, hk, cu):  # pragma: no cover - compiled
+    def _curvature(ub_, ur, cb_, cr_, h, diag, r0, nt, m, k, n, full, hk, cu):  # pragma: no cover - compiled
         """Add ``Σ_r c[b, o, r] u[b, i, r] u[b, j, r]`` to the tile's Hessians (``i ≤ j``), or
         its ``i = j`` terms to their diagonals: for one to three directions every pair in one
         pass, for more four rows per pass, beyond :data:`~hessarray.tuning.LOOP_K` one
         ``(k, n) @ (n, k)`` BLAS product per sample. Tangents ``u`` direction-major,
-        ``(k, nt, n)``; ``cu``: scratch of ``3 k n``."""
-        zero = u.dtype.type(0)
+        ``(k, nt, n)``, and ``c``: rows ``ur``, ``cr_`` of the kernel's buffers ``ub_``, ``cb_``
+        (:func:`.views.view`); ``cu``: scratch of ``3 k n`` (1, …)."""
+        zero = ub_.dtype.type(0)
         stride = nt * n  # direction i of sample b: u[i·stride + b·n : … + n]
         if k <= 2 and m == 1:  # the common case, PINN-like: both directions in one pass
             # (tile-wide 2-D views indexed by loop variables: no view made per sample)
-            u0 = u[:stride].reshape((nt, n))
-            u1 = u[(k - 1) * stride : k * stride].reshape((nt, n))
-            cm = c[:stride].reshape((nt, n))
+            u0 = view(ub_, ur, 0, (nt, n))
+            u1 = view(ub_, ur, (k - 1) * stride, (nt, n))
+            cm = view(cb_, cr_, 0, (nt, n))
             for b in range(nt):
                 a00 = zero
                 a01 = zero
@@ -364,20 +379,20 @@ if numba is not None and HAVE_BLAS:
                     if k == 2:
                         diag[r0 + b, 0, 1] += a11
             return
-        ub = cu[k * n : 2 * k * n]  # a sample's rows, gathered where read more than once
+        # A sample's rows are gathered into cu[k n : 2 k n] where read more than once.
         for b in range(nt):
             if full and k > 3:
                 for i in range(k):
-                    src = u[i * stride + b * n : i * stride + (b + 1) * n]
-                    dst = ub[i * n : (i + 1) * n]
+                    src = view(ub_, ur, i * stride + b * n, (n,))
+                    dst = view(cu, 0, (k + i) * n, (n,))
                     for r in range(n):
                         dst[r] = src[r]
             for o in range(m):
-                cb = c[(b * m + o) * n : (b * m + o + 1) * n]
+                cb = view(cb_, cr_, (b * m + o) * n, (n,))
                 if not full:
                     db = diag[r0 + b, o]
                     for i in range(k):
-                        ui = u[i * stride + b * n : i * stride + (b + 1) * n]
+                        ui = view(ub_, ur, i * stride + b * n, (n,))
                         acc = zero
                         for r in range(n):
                             acc += cb[r] * ui[r] * ui[r]
@@ -385,8 +400,8 @@ if numba is not None and HAVE_BLAS:
                     continue
                 hb = h[r0 + b, o]
                 if k <= 2:  # every pair in one pass (row 0 twice where k = 1)
-                    u0 = u[b * n : (b + 1) * n]
-                    u1 = u[(k - 1) * stride + b * n : (k - 1) * stride + (b + 1) * n]
+                    u0 = view(ub_, ur, b * n, (n,))
+                    u1 = view(ub_, ur, (k - 1) * stride + b * n, (n,))
                     a00, a01, a11 = _pairs2(cb, u0, u1)
                     hb[0, 0] += a00
                     if k == 2:
@@ -394,9 +409,9 @@ if numba is not None and HAVE_BLAS:
                         hb[1, 1] += a11
                     continue
                 if k == 3:  # every pair in one pass
-                    u0 = u[b * n : (b + 1) * n]
-                    u1 = u[stride + b * n : stride + (b + 1) * n]
-                    u2 = u[2 * stride + b * n : 2 * stride + (b + 1) * n]
+                    u0 = view(ub_, ur, b * n, (n,))
+                    u1 = view(ub_, ur, stride + b * n, (n,))
+                    u2 = view(ub_, ur, 2 * stride + b * n, (n,))
                     a00 = zero
                     a01 = zero
                     a02 = zero
@@ -424,8 +439,8 @@ if numba is not None and HAVE_BLAS:
                     hb[2, 2] += a22
                     continue
                 if k > LOOP_K:
-                    um = ub.reshape((k, n))
-                    cm = cu[2 * k * n : 3 * k * n].reshape((k, n))
+                    um = view(cu, 0, k * n, (k, n))
+                    cm = view(cu, 0, 2 * k * n, (k, n))
                     for i in range(k):
                         ci = cm[i]
                         ui = um[i]
@@ -436,17 +451,17 @@ if numba is not None and HAVE_BLAS:
                         for j in range(i, k):
                             hb[i, j] += hk[i, j]
                     continue
-                cr = cu[:n]
+                cr = view(cu, 0, 0, (n,))
                 for i in range(k):
-                    ui = ub[i * n : (i + 1) * n]
+                    ui = view(cu, 0, (k + i) * n, (n,))
                     for r in range(n):
                         cr[r] = cb[r] * ui[r]
                     j = i
                     while j + 3 < k:  # four rows per pass: cu read once for them
-                        v0 = ub[j * n : (j + 1) * n]
-                        v1 = ub[(j + 1) * n : (j + 2) * n]
-                        v2 = ub[(j + 2) * n : (j + 3) * n]
-                        v3 = ub[(j + 3) * n : (j + 4) * n]
+                        v0 = view(cu, 0, (k + j) * n, (n,))
+                        v1 = view(cu, 0, (k + j + 1) * n, (n,))
+                        v2 = view(cu, 0, (k + j + 2) * n, (n,))
+                        v3 = view(cu, 0, (k + j + 3) * n, (n,))
                         s0 = zero
                         s1 = zero
                         s2 = zero
@@ -463,7 +478,7 @@ if numba is not None and HAVE_BLAS:
                         hb[i, j + 3] += s3
                         j += 4
                     while j < k:
-                        v0 = ub[j * n : (j + 1) * n]
+                        v0 = view(cu, 0, (k + j) * n, (n,))
                         s0 = zero
                         for r in range(n):
                             s0 += cr[r] * v0[r]
@@ -522,7 +537,7 @@ if numba is not None and HAVE_BLAS:
         scratch2 = numpy.empty((1, tile * max(m, k) * width), dt)
         scratch = scratch2[0]
         gfin = numpy.empty((1, tile * nf), dt)  # the adjoint at the end (squared error)
-        cu = numpy.empty(3 * k * width, dt)
+        cu = numpy.empty((1, 3 * k * width), dt)
         hk = numpy.empty((k, k), dt)
         # The seed's directions as rows, s[i] (k, n); made once per call, as the weights' own
         # arrays are taken as they are.
@@ -551,6 +566,10 @@ if numba is not None and HAVE_BLAS:
                         pairs[q, r] = s[i, r] * s[j, r]
                     q += 1
         pair_out = numpy.empty((1, tile * m * npairs), dt)
+        # One output, and a last pointwise step on the final slot: that step's adjoint reads the
+        # output's gradient g_last itself, and the end writes no copy of it per sample.
+        last = n_ops - 1
+        fresh = end == LINEAR and m == 1 and last >= 0 and ops[last, OP] == POINTWISE and ops[last, SRC] == final
         while True:  # the next unclaimed tile, until none is left
             r0 = _claim(counter, tile)
             if r0 >= batch:
@@ -618,7 +637,13 @@ if numba is not None and HAVE_BLAS:
                             vd[q] = vs[q]
             if end == LINEAR:
                 _linear_end(
-                    view(vals, final_value, 0, (nt, nf)), g_last, b_out, view(grads, final, 0, (nt * m, nf)), y, r0
+                    view(vals, final_value, 0, (nt, nf)),
+                    g_last,
+                    b_out,
+                    view(grads, final, 0, (nt * m, nf)),
+                    y,
+                    r0,
+                    not fresh,
                 )
             else:  # mean squared error: g = (2/n)(v - target), its Hessian (2/n) I
                 scale = dt.type(2.0 / nf)
@@ -660,6 +685,17 @@ if numba is not None and HAVE_BLAS:
                             view(vals, keep, 0, (nt, nout)),
                             view(grads, src, 0, (nt, m, nout)),
                             view(cs, a, 0, (nt, m, nout)),
+                            curved,
+                            g_last,
+                            fresh and p == last,
+                        )
+                        continue
+                    if fresh and p == last:
+                        _fresh_adjoint(
+                            g_last,
+                            view(d1s, a, 0, (nt, nout)),
+                            view(d2s, a, 0, (nt, nout)),
+                            view(grads, src, 0, (nt, nout)),
                             curved,
                         )
                         continue
@@ -751,8 +787,10 @@ if numba is not None and HAVE_BLAS:
                     keep = ops[p, KEEP]
                     if hvp and ops[p, CURVED] != 0:
                         _curvature_hvp(
-                            view(tans, src, 0, (k * nt * n,)),
-                            view(cs, a, 0, (nt * m * n,)),
+                            tans,
+                            src,
+                            cs,
+                            a,
                             hess,
                             vdirs,
                             r0,
@@ -807,8 +845,10 @@ if numba is not None and HAVE_BLAS:
                                             diag[r0 + b, o, i] += cb[i]
                         else:
                             _curvature(
-                                view(tans, src, 0, (k * nt * n,)),
-                                view(cs, a, 0, (nt * m * n,)),
+                                tans,
+                                src,
+                                cs,
+                                a,
                                 hess,
                                 diag,
                                 r0,
@@ -825,18 +865,25 @@ if numba is not None and HAVE_BLAS:
                             ops[p, CODE], fparams[p, 0], view(vals, keep, 0, (nt * n,)), view(tans, src, 0, (k, nt * n))
                         )
                         continue
-                    d1buf, d1row = (scratch2, 0) if keep >= 0 else (d1s, a)  # φ', derived or kept
-                    d1 = view(d1buf, d1row, 0, (nt * n,))
-                    if keep >= 0:
-                        slope_rows(ops[p, CODE], fparams[p, 0], view(vals, keep, 0, (nt * n,)), d1)
-                    if seeded == 1 and k == 2:  # both directions in one pass
-                        _two_seeds(
-                            view(d1buf, d1row, 0, (nt, n)),
+                    if seeded == 1 and k == 2 and keep >= 0:  # both directions in one pass, φ' from φ
+                        seed_rows(
+                            ops[p, CODE],
+                            fparams[p, 0],
+                            view(vals, keep, 0, (nt, n)),
                             s,
                             view(tans, src, 0, (nt, n)),
                             view(tans, src, nt * n, (nt, n)),
                         )
                         continue
+                    if seeded == 1 and k == 2:  # both directions in one pass
+                        _two_seeds(
+                            view(d1s, a, 0, (nt, n)), s, view(tans, src, 0, (nt, n)), view(tans, src, nt * n, (nt, n))
+                        )
+                        continue
+                    d1buf, d1row = (scratch2, 0) if keep >= 0 else (d1s, a)  # φ', derived or kept
+                    d1 = view(d1buf, d1row, 0, (nt * n,))
+                    if keep >= 0:
+                        slope_rows(ops[p, CODE], fparams[p, 0], view(vals, keep, 0, (nt * n,)), d1)
                     if seeded == 0 and k == 2:  # both directions in one pass: d1 read once
                         t0 = view(tans, src, 0, (nt * n,))
                         t1 = view(tans, src, nt * n, (nt * n,))
@@ -874,7 +921,6 @@ if numba is not None and HAVE_BLAS:
                     for q in range(nt * k * nin):
                         td[q] = ts[q]
             # -- the Jacobian, the end's own curvature, the lower triangle ------------------------
-            t = view(tans, final, 0, (k * nt * nf,))
             fm = g_last if end == LINEAR else view(gfin, 0, 0, (nt, nf))
             _jacobian(view(tans, final, 0, (k * nt, nf)), fm, jac, r0, nt, end != LINEAR)  # row i·nt + b
             if end != LINEAR:
@@ -882,9 +928,9 @@ if numba is not None and HAVE_BLAS:
                 for q in range(nt * nf):
                     scratch[q] = scale
                 if hvp:
-                    _curvature_hvp(t, scratch, hess, vdirs, r0, nt, 1, k, nf, cu)
+                    _curvature_hvp(tans, final, scratch2, 0, hess, vdirs, r0, nt, 1, k, nf, cu)
                 else:
-                    _curvature(t, scratch, hess, diag, r0, nt, 1, k, nf, full, hk, cu)
+                    _curvature(tans, final, scratch2, 0, hess, diag, r0, nt, 1, k, nf, full, hk, cu)
             if full:
                 for b in range(nt):
                     for o in range(m):

@@ -48,7 +48,7 @@ _TANH, _SIGMOID, _SOFTPLUS, _SILU, _ELU, _LEAKY_RELU, _LOGCOSH = 0, 1, 2, 3, 4, 
 _SIN, _COS, _EXP, _SQUARE, _POWER, _IDENTITY = 7, 8, 9, 10, 11, 12
 _LN2 = math.log(2.0)
 
-pointwise_rows = output_rows = adjoint_rows = slope_rows = scale_rows = None
+pointwise_rows = output_rows = adjoint_rows = slope_rows = seed_rows = scale_rows = None
 
 
 def from_output(name: str, params: tuple) -> bool:
@@ -368,12 +368,28 @@ if numba is not None:
                 y[b, r] = _value(code, v[b, r] + bias[r], one, p)
 
     @_jit
-    def adjoint_rows(code, param, y, g, c, curved):  # pragma: no cover - compiled
+    def adjoint_rows(code, param, y, g, c, curved, g0, fresh):  # pragma: no cover - compiled
         """``c ← g φ''`` (where ``curved``) and ``g ← g φ'``, ``φ'`` and ``φ''`` from the output
-        ``y`` ``(rows, n)``; ``g``, ``c`` ``(rows, m, n)``."""
+        ``y`` ``(rows, n)``; ``g``, ``c`` ``(rows, m, n)``. ``fresh``: the adjoint coming in is
+        ``g0[o]`` ``(m, n)`` for every row (the output's own gradient), and ``g`` is only
+        written."""
         one = y.dtype.type(1.0)
         p = y.dtype.type(param)
         nt, m, n = g.shape
+        if fresh:
+            for o in range(m):
+                go = g0[o]
+                for b in range(nt):
+                    yb = y[b]
+                    gb = g[b, o]
+                    cb = c[b, o]
+                    for r in range(n):
+                        d1, d2 = _slopes(code, yb[r], one, p)
+                        gq = go[r]
+                        if curved:
+                            cb[r] = gq * d2
+                        gb[r] = gq * d1
+            return
         if m == 1:  # one flat pass
             yf = y.reshape(nt * n)
             gf = g.reshape(nt * n)
@@ -401,6 +417,20 @@ if numba is not None:
         p = y.dtype.type(param)
         for q in range(y.shape[0]):
             d1[q] = _slopes(code, y[q], one, p)[0]
+
+    @_jit
+    def seed_rows(code, param, y, s, t0, t1):  # pragma: no cover - compiled
+        """``t0 ← φ' s[0]``, ``t1 ← φ' s[1]`` row by row, ``φ'`` from the output ``y``
+        ``(rows, n)``: the tangents of two seeds ``s`` ``(2, n)`` shared by all samples."""
+        one = y.dtype.type(1.0)
+        p = y.dtype.type(param)
+        s0 = s[0]
+        s1 = s[1]
+        for b in range(y.shape[0]):
+            for r in range(y.shape[1]):
+                d = _slopes(code, y[b, r], one, p)[0]
+                t0[b, r] = d * s0[r]
+                t1[b, r] = d * s1[r]
 
     @_jit
     def scale_rows(code, param, y, t):  # pragma: no cover - compiled
