@@ -311,12 +311,12 @@ if numba is not None and HAVE_BLAS:
                     jac[r0 + b, o, i] = acc
 
     @_jit
-    def _curvature_hvp(ub, ur, cb_, cr_, hv, v, r0, nt, m, k, n, w):  # pragma: no cover - compiled
+    def _curvature_hvp(ubuf, urow, cbuf, crow, hv, v, r0, nt, m, k, n, w):  # pragma: no cover - compiled
         """Add ``Σ_r c[b, o, r] (Σ_j v[b, p, j] u[j, b, r]) u[i, b, r]`` to ``hv[b, o, p, i]``: the
         curvature applied to each sample's vectors, ``2 p k n`` multiply-adds per sample and
-        output instead of the Hessian's ``k² n / 2``. ``u``, ``c``: rows ``ur``, ``cr_`` of the
-        kernel's buffers ``ub``, ``cb_`` (:func:`.views.view`); ``w``: scratch of ``2 n`` (1, …)."""
-        zero = ub.dtype.type(0)
+        output instead of the Hessian's ``k² n / 2``. ``u``, ``c``: rows ``urow``, ``crow`` of the
+        kernel's buffers ``ubuf``, ``cbuf`` (:func:`.views.view`); ``w``: scratch of ``2 n`` (1, …)."""
+        zero = ubuf.dtype.type(0)
         stride = nt * n
         wv = view(w, 0, 0, (n,))
         cw = view(w, 0, n, (n,))
@@ -327,36 +327,36 @@ if numba is not None and HAVE_BLAS:
                     wv[r] = zero
                 for j in range(k):
                     vj = vb[j]
-                    uj = view(ub, ur, j * stride + b * n, (n,))
+                    uj = view(ubuf, urow, j * stride + b * n, (n,))
                     for r in range(n):
                         wv[r] += vj * uj[r]
                 for o in range(m):
-                    cb = view(cb_, cr_, (b * m + o) * n, (n,))
+                    cb = view(cbuf, crow, (b * m + o) * n, (n,))
                     for r in range(n):
                         cw[r] = cb[r] * wv[r]
                     hb = hv[r0 + b, o, p]
                     for i in range(k):
-                        ui = view(ub, ur, i * stride + b * n, (n,))
+                        ui = view(ubuf, urow, i * stride + b * n, (n,))
                         acc = zero
                         for r in range(n):
                             acc += cw[r] * ui[r]
                         hb[i] += acc
 
     @_jit
-    def _curvature(ub_, ur, cb_, cr_, h, diag, r0, nt, m, k, n, full, hk, cu):  # pragma: no cover - compiled
+    def _curvature(ubuf, urow, cbuf, crow, h, diag, r0, nt, m, k, n, full, hk, cu):  # pragma: no cover - compiled
         """Add ``Σ_r c[b, o, r] u[b, i, r] u[b, j, r]`` to the tile's Hessians (``i ≤ j``), or
         its ``i = j`` terms to their diagonals: for one to three directions every pair in one
         pass, for more four rows per pass, beyond :data:`~hessarray.tuning.LOOP_K` one
         ``(k, n) @ (n, k)`` BLAS product per sample. Tangents ``u`` direction-major,
-        ``(k, nt, n)``, and ``c``: rows ``ur``, ``cr_`` of the kernel's buffers ``ub_``, ``cb_``
+        ``(k, nt, n)``, and ``c``: rows ``urow``, ``crow`` of the kernel's buffers ``ubuf``, ``cbuf``
         (:func:`.views.view`); ``cu``: scratch of ``3 k n`` (1, …)."""
-        zero = ub_.dtype.type(0)
+        zero = ubuf.dtype.type(0)
         stride = nt * n  # direction i of sample b: u[i·stride + b·n : … + n]
         if k <= 2 and m == 1:  # the common case, PINN-like: both directions in one pass
             # (tile-wide 2-D views indexed by loop variables: no view made per sample)
-            u0 = view(ub_, ur, 0, (nt, n))
-            u1 = view(ub_, ur, (k - 1) * stride, (nt, n))
-            cm = view(cb_, cr_, 0, (nt, n))
+            u0 = view(ubuf, urow, 0, (nt, n))
+            u1 = view(ubuf, urow, (k - 1) * stride, (nt, n))
+            cm = view(cbuf, crow, 0, (nt, n))
             for b in range(nt):
                 a00 = zero
                 a01 = zero
@@ -383,16 +383,16 @@ if numba is not None and HAVE_BLAS:
         for b in range(nt):
             if full and k > 3:
                 for i in range(k):
-                    src = view(ub_, ur, i * stride + b * n, (n,))
+                    src = view(ubuf, urow, i * stride + b * n, (n,))
                     dst = view(cu, 0, (k + i) * n, (n,))
                     for r in range(n):
                         dst[r] = src[r]
             for o in range(m):
-                cb = view(cb_, cr_, (b * m + o) * n, (n,))
+                cb = view(cbuf, crow, (b * m + o) * n, (n,))
                 if not full:
                     db = diag[r0 + b, o]
                     for i in range(k):
-                        ui = view(ub_, ur, i * stride + b * n, (n,))
+                        ui = view(ubuf, urow, i * stride + b * n, (n,))
                         acc = zero
                         for r in range(n):
                             acc += cb[r] * ui[r] * ui[r]
@@ -400,8 +400,8 @@ if numba is not None and HAVE_BLAS:
                     continue
                 hb = h[r0 + b, o]
                 if k <= 2:  # every pair in one pass (row 0 twice where k = 1)
-                    u0 = view(ub_, ur, b * n, (n,))
-                    u1 = view(ub_, ur, (k - 1) * stride + b * n, (n,))
+                    u0 = view(ubuf, urow, b * n, (n,))
+                    u1 = view(ubuf, urow, (k - 1) * stride + b * n, (n,))
                     a00, a01, a11 = _pairs2(cb, u0, u1)
                     hb[0, 0] += a00
                     if k == 2:
@@ -409,9 +409,9 @@ if numba is not None and HAVE_BLAS:
                         hb[1, 1] += a11
                     continue
                 if k == 3:  # every pair in one pass
-                    u0 = view(ub_, ur, b * n, (n,))
-                    u1 = view(ub_, ur, stride + b * n, (n,))
-                    u2 = view(ub_, ur, 2 * stride + b * n, (n,))
+                    u0 = view(ubuf, urow, b * n, (n,))
+                    u1 = view(ubuf, urow, stride + b * n, (n,))
+                    u2 = view(ubuf, urow, 2 * stride + b * n, (n,))
                     a00 = zero
                     a01 = zero
                     a02 = zero

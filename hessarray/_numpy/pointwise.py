@@ -376,6 +376,9 @@ if numba is not None:
         one = y.dtype.type(1.0)
         p = y.dtype.type(param)
         nt, m, n = g.shape
+        # Apart from the loops below: one loop reading g0 or g itself (g read while written) is
+        # kept scalar by LLVM's runtime alias check, 3× slower; per-row loops for m = 1 are 35 %
+        # slower than the flat one (a 64 × 64 tile, 1.06 against 0.79 µs in float64).
         if fresh:
             for o in range(m):
                 go = g0[o]
