@@ -13,8 +13,8 @@ reads its result, where the portable passes make a pass over memory per operatio
 Tangents are direction-major, ``(k, tile, n)``, as in the portable passes: a dense step pushes
 all ``k·tile`` of them by one product, and ``φ'`` scales each direction in one flat pass.
 
-The kernel takes its views of the tile's buffers with :func:`.views.view` (no reference
-counts): numba's slices and reshapes cost about 18 ns each, several per instruction and tile.
+The kernel takes its views of the tile's buffers with :func:`.views.view`: numba's own slices
+and reshapes each take a reference count, several per instruction and tile.
 """
 
 from __future__ import annotations

@@ -74,19 +74,6 @@ if numba is not None:
     # would widen float32 with a float64 (or int) literal.
 
     @_jit
-    def _tanh_rows(z, bias, d1, d2, curved):  # pragma: no cover - compiled
-        one = z.dtype.type(1.0)
-        m2 = z.dtype.type(-2.0)
-        for b in range(z.shape[0]):
-            for r in range(z.shape[1]):
-                t = vmath.tanh(z[b, r] + bias[r])
-                d = one - t * t
-                z[b, r] = t
-                d1[b, r] = d
-                if curved:
-                    d2[b, r] = m2 * t * d
-
-    @_jit
     def _sigmoid_rows(z, bias, d1, d2, curved):  # pragma: no cover - compiled
         zero = z.dtype.type(0.0)
         for b in range(z.shape[0]):
@@ -212,16 +199,6 @@ if numba is not None:
                         d2[b, r] = -c if cosine else -s
 
     @_jit
-    def _exp_rows(z, bias, d1, d2, curved):  # pragma: no cover - compiled
-        for b in range(z.shape[0]):
-            for r in range(z.shape[1]):
-                e = vmath.exp(z[b, r] + bias[r])
-                z[b, r] = e
-                d1[b, r] = e
-                if curved:
-                    d2[b, r] = e
-
-    @_jit
     def _square_rows(z, bias, d1, d2, curved):  # pragma: no cover - compiled
         two = z.dtype.type(2.0)
         for b in range(z.shape[0]):
@@ -232,21 +209,6 @@ if numba is not None:
                 if curved:
                     d2[b, r] = two
 
-    @_jit
-    def _identity_rows(z, bias, d1, d2, curved):  # pragma: no cover - compiled
-        one = z.dtype.type(1.0)
-        zero = z.dtype.type(0.0)
-        for b in range(z.shape[0]):
-            for r in range(z.shape[1]):
-                z[b, r] = z[b, r] + bias[r]
-                d1[b, r] = one
-                if curved:
-                    d2[b, r] = zero
-
-    # Power(p): the terms p(p-1)…(p-k+1) v^(p-k), k = 0, 1, 2, as Power._term: the
-    # coefficient and exponent in float64, their kind decided there (0: zero, 1: the
-    # coefficient, 2: c·v, 3: c·v², 5: c·√v, as NumPy's ``v ** 0.5`` computes it (NaN at
-    # -inf, where pow gives inf), 4: c·v^e), then cast to the dtype.
     @_jit
     def _power_kind(coef, e):  # pragma: no cover - compiled
         if coef == 0.0:
@@ -301,8 +263,8 @@ if numba is not None:
         softplus β, ELU α, leaky ReLU's slope, power's p); ``z``, ``d1``, ``d2``
         ``(rows, n)`` C-contiguous, ``bias`` ``(n,)``, all float32 or all float64."""
         dt = z.dtype.type
-        if code == _TANH:
-            _tanh_rows(z, bias, d1, d2, curved)
+        if code == _TANH or code == _EXP or code == _IDENTITY:
+            _output_derived_rows(code, z, bias, d1, d2, curved)
         elif code == _SIGMOID:
             _sigmoid_rows(z, bias, d1, d2, curved)
         elif code == _SOFTPLUS:
@@ -319,14 +281,10 @@ if numba is not None:
             _sincos_rows(z, bias, d1, d2, curved, False)
         elif code == _COS:
             _sincos_rows(z, bias, d1, d2, curved, True)
-        elif code == _EXP:
-            _exp_rows(z, bias, d1, d2, curved)
         elif code == _SQUARE:
             _square_rows(z, bias, d1, d2, curved)
-        elif code == _POWER:
-            _power_rows(z, bias, d1, d2, curved, param)
         else:
-            _identity_rows(z, bias, d1, d2, curved)
+            _power_rows(z, bias, d1, d2, curved, param)
 
     # The activations whose derivatives come from their output (:func:`from_output`): ``φ`` of
     # ``v``, and ``(φ', φ'')`` of ``y``, as scalar functions inlined into the loops below, where
@@ -358,6 +316,21 @@ if numba is not None:
         return one, zero
 
     @_jit
+    def _output_derived_rows(code, z, bias, d1, d2, curved):  # pragma: no cover - compiled
+        """:func:`pointwise_rows` for tanh, exp and the identity: their ``φ'``, ``φ''`` from
+        ``φ``, by the formulas of the kept-output path (:func:`_slopes`)."""
+        one = z.dtype.type(1.0)
+        p = z.dtype.type(0.0)
+        for b in range(z.shape[0]):
+            for r in range(z.shape[1]):
+                y = _value(code, z[b, r] + bias[r], one, p)
+                s1, s2 = _slopes(code, y, one, p)
+                z[b, r] = y
+                d1[b, r] = s1
+                if curved:
+                    d2[b, r] = s2
+
+    @_jit
     def output_rows(code, param, v, bias, y):  # pragma: no cover - compiled
         """``y ← φ(v + bias)`` for an activation whose derivatives come from its output
         (:func:`from_output`); ``v``, ``y`` ``(rows, n)``, ``bias`` ``(n,)``."""
@@ -376,9 +349,8 @@ if numba is not None:
         one = y.dtype.type(1.0)
         p = y.dtype.type(param)
         nt, m, n = g.shape
-        # Apart from the loops below: one loop reading g0 or g itself (g read while written) is
-        # kept scalar by LLVM's runtime alias check, 3× slower; per-row loops for m = 1 are 35 %
-        # slower than the flat one (a 64 × 64 tile, 1.06 against 0.79 µs in float64).
+        # Three loops: one reading g0 or g itself (read while written) stays scalar behind LLVM's
+        # alias check, and per-row loops are slower than a flat one (docs/benchmarks.md).
         if fresh:
             for o in range(m):
                 go = g0[o]

@@ -1,9 +1,9 @@
 """Views of the compiled kernel's own buffers that cost no reference count (numba).
 
 numba gives every slice and reshape of an array a reference to its owner: an atomic increment
-and decrement, and a call to check the layout for each reshape, about 18 ns a view. The
-network kernel (:mod:`.network`) takes several views per instruction and tile, which added up
-to about 3 % of a PINN-sized call. :func:`view` makes a C-contiguous view of a stretch of one
+and decrement, and a call to check the layout for each reshape. The network kernel
+(:mod:`.network`) takes several views per instruction and tile (the cost is measured in
+``docs/benchmarks.md``). :func:`view` makes a C-contiguous view of a stretch of one
 row of a 2-D buffer directly, without an owner: it is valid only while the buffer is, so it is
 taken only of buffers the kernel allocates and holds for the whole call, and never returned.
 """
